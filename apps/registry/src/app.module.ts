@@ -1,0 +1,23 @@
+import { type DynamicModule, Module } from '@nestjs/common';
+import { ScheduleModule } from '@nestjs/schedule';
+import { HealthController } from './health/health.controller';
+import { JobsModule } from './jobs/jobs.module';
+import { RegistryModule } from './registry.module';
+import type { Runtime } from './runtime';
+import { BaseController } from './v2/base.controller';
+import { BlobsController } from './v2/blobs.controller';
+import { UploadsController } from './v2/uploads.controller';
+
+@Module({})
+export class AppModule {
+  static register(runtime: Runtime): DynamicModule {
+    return {
+      module: AppModule,
+      imports: [
+        RegistryModule.register(runtime),
+        ...(runtime.config.jobsEnabled ? [ScheduleModule.forRoot(), JobsModule] : []),
+      ],
+      controllers: [HealthController, BaseController, UploadsController, BlobsController],
+    };
+  }
+}

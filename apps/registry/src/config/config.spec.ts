@@ -1,0 +1,64 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ConfigError, loadConfig } from './config';
+
+function errorOf(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof ConfigError) return e;
+    throw e;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('loadConfig', () => {
+  it('has defaults for everything but the database', () => {
+    const c = loadConfig({});
+    expect(c.databaseUrl).toBeNull();
+    expect(c.port).toBe(5000);
+    expect(c.host).toBe('0.0.0.0');
+    expect(c.storage).toBe('filesystem');
+    expect(c.dataDir).toMatch(/\/data$/);
+    expect(c.uploadTtlSeconds).toBe(86400);
+  });
+
+  it.each([
+    ['PORT', 'abc'],
+    ['PORT', '70000'],
+    ['STRATA_STORAGE', 's3'],
+    ['STRATA_UPLOAD_TTL', 'forever'],
+    ['DATABASE_URL', 'mysql://x'],
+    ['DATABASE_URL', 'not a url'],
+    ['STRATA_MIGRATE_ON_BOOT', 'maybe'],
+    ['STRATA_LOG_LEVEL', 'loud'],
+  ])('names %s when it is %j', (key, value) => {
+    const e = errorOf(() => loadConfig({ [key]: value }));
+    expect(e.key).toBe(key);
+    expect(e.message).toContain(key);
+    expect(e.message).not.toContain('\n');
+  });
+
+  it('parses durations', () => {
+    expect(loadConfig({ STRATA_UPLOAD_TTL: '15m' }).uploadTtlSeconds).toBe(900);
+    expect(loadConfig({ STRATA_UPLOAD_TTL: '90' }).uploadTtlSeconds).toBe(90);
+  });
+
+  it('reads a YAML file, overridden by the environment', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'strata-config-'));
+    const file = join(dir, 'strata.yaml');
+    writeFileSync(file, 'PORT: 6000\nSTRATA_STORAGE: postgres\n');
+    expect(loadConfig({ STRATA_CONFIG: file }).port).toBe(6000);
+    expect(loadConfig({ STRATA_CONFIG: file }).storage).toBe('postgres');
+    expect(loadConfig({ STRATA_CONFIG: file, PORT: '7000' }).port).toBe(7000);
+  });
+
+  it('names an unknown key of a file and a bad file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'strata-config-'));
+    const file = join(dir, 'strata.json');
+    writeFileSync(file, '{"PROT": 1}');
+    expect(errorOf(() => loadConfig({ STRATA_CONFIG: file })).key).toBe('PROT');
+    expect(errorOf(() => loadConfig({ STRATA_CONFIG: join(dir, 'missing.yaml') })).key).toBe('STRATA_CONFIG');
+  });
+});

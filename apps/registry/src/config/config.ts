@@ -1,0 +1,150 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+
+export type StorageDriverName = 'filesystem' | 'postgres';
+
+export interface Config {
+  /** Absent: Strata runs its own embedded PostgreSQL under `<dataDir>/postgres`. */
+  readonly databaseUrl: string | null;
+  readonly dataDir: string;
+  readonly storage: StorageDriverName;
+  readonly host: string;
+  readonly port: number;
+  /** Seconds an upload may stay idle before the expiry job removes it. */
+  readonly uploadTtlSeconds: number;
+  readonly migrateOnBoot: boolean;
+  readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  readonly shutdownTimeoutMs: number;
+  readonly dbPoolMax: number;
+  readonly jobsEnabled: boolean;
+}
+
+export class ConfigError extends Error {
+  constructor(
+    readonly key: string,
+    readonly reason: string,
+  ) {
+    super(`invalid configuration: ${key}: ${reason}`);
+  }
+}
+
+type Source = Record<string, string | undefined>;
+
+const KEYS = [
+  'DATABASE_URL',
+  'STRATA_DATA_DIR',
+  'STRATA_STORAGE',
+  'HOST',
+  'PORT',
+  'STRATA_UPLOAD_TTL',
+  'STRATA_MIGRATE_ON_BOOT',
+  'STRATA_LOG_LEVEL',
+  'STRATA_SHUTDOWN_TIMEOUT',
+  'STRATA_DB_POOL_MAX',
+  'STRATA_JOBS',
+] as const;
+
+const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
+
+/** `90`, `90s`, `15m`, `24h`, `7d` → seconds. */
+function parseDuration(key: string, raw: string): number {
+  const m = /^(\d+)([smhd]?)$/.exec(raw.trim());
+  if (!m) throw new ConfigError(key, `expected a duration such as 3600, 90s, 15m, 24h or 7d, got ${JSON.stringify(raw)}`);
+  const seconds = Number(m[1]) * (DURATION_UNITS[m[2] || 's'] ?? 1);
+  if (seconds <= 0) throw new ConfigError(key, 'must be greater than zero');
+  return seconds;
+}
+
+function parseIntIn(key: string, raw: string, min: number, max: number): number {
+  if (!/^\d+$/.test(raw.trim())) throw new ConfigError(key, `expected an integer, got ${JSON.stringify(raw)}`);
+  const n = Number(raw);
+  if (n < min || n > max) throw new ConfigError(key, `must be between ${min} and ${max}, got ${n}`);
+  return n;
+}
+
+function parseBool(key: string, raw: string): boolean {
+  const v = raw.trim().toLowerCase();
+  if (['1', 'true', 'yes', 'on'].includes(v)) return true;
+  if (['0', 'false', 'no', 'off'].includes(v)) return false;
+  throw new ConfigError(key, `expected true or false, got ${JSON.stringify(raw)}`);
+}
+
+function oneOf<T extends string>(key: string, raw: string, allowed: readonly T[]): T {
+  if ((allowed as readonly string[]).includes(raw)) return raw as T;
+  throw new ConfigError(key, `expected one of ${allowed.join(', ')}, got ${JSON.stringify(raw)}`);
+}
+
+/** Reads a YAML or JSON file of the same keys as the environment (values may be strings, numbers or booleans). */
+export function readConfigFile(path: string): Source {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError('STRATA_CONFIG', `cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (e) {
+    throw new ConfigError('STRATA_CONFIG', `${path} is not valid YAML or JSON: ${(e as Error).message.split('\n')[0]}`);
+  }
+  if (doc === null || doc === undefined) return {};
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError('STRATA_CONFIG', `${path} must hold a mapping`);
+  const out: Source = {};
+  for (const [k, v] of Object.entries(doc as Record<string, unknown>)) {
+    if (!(KEYS as readonly string[]).includes(k)) throw new ConfigError(k, `unknown key in ${path}`);
+    if (v !== null && typeof v === 'object') throw new ConfigError(k, 'must be a string, number or boolean');
+    out[k] = v === null || v === undefined ? undefined : String(v as string | number | boolean);
+  }
+  return out;
+}
+
+/**
+ * Validates the configuration once: the file named by STRATA_CONFIG (if any), overridden by the environment.
+ * Throws ConfigError naming the first bad key.
+ */
+export function loadConfig(env: Source = process.env): Config {
+  const file = env.STRATA_CONFIG ? readConfigFile(env.STRATA_CONFIG) : {};
+  const get = (k: (typeof KEYS)[number]): string | undefined => {
+    const v = env[k] ?? file[k];
+    return v === undefined || v === '' ? undefined : v;
+  };
+
+  const databaseUrl = get('DATABASE_URL') ?? null;
+  if (databaseUrl !== null) {
+    let url: URL;
+    try {
+      url = new URL(databaseUrl);
+    } catch {
+      throw new ConfigError('DATABASE_URL', 'is not a URL (expected postgres://user@host:port/database)');
+    }
+    if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
+      throw new ConfigError('DATABASE_URL', `expected a postgres:// URL, got ${url.protocol}//`);
+    }
+  }
+  const host = get('HOST') ?? '0.0.0.0';
+  if (!/^[A-Za-z0-9.:_-]+$/.test(host)) throw new ConfigError('HOST', `not a host name or address: ${JSON.stringify(host)}`);
+
+  return {
+    databaseUrl,
+    dataDir: resolve(get('STRATA_DATA_DIR') ?? './data'),
+    storage: oneOf('STRATA_STORAGE', get('STRATA_STORAGE') ?? 'filesystem', ['filesystem', 'postgres'] as const),
+    host,
+    port: parseIntIn('PORT', get('PORT') ?? '5000', 0, 65535),
+    uploadTtlSeconds: parseDuration('STRATA_UPLOAD_TTL', get('STRATA_UPLOAD_TTL') ?? '24h'),
+    migrateOnBoot: parseBool('STRATA_MIGRATE_ON_BOOT', get('STRATA_MIGRATE_ON_BOOT') ?? 'true'),
+    logLevel: oneOf('STRATA_LOG_LEVEL', get('STRATA_LOG_LEVEL') ?? 'info', [
+      'fatal',
+      'error',
+      'warn',
+      'info',
+      'debug',
+      'trace',
+      'silent',
+    ] as const),
+    shutdownTimeoutMs: parseDuration('STRATA_SHUTDOWN_TIMEOUT', get('STRATA_SHUTDOWN_TIMEOUT') ?? '10s') * 1000,
+    dbPoolMax: parseIntIn('STRATA_DB_POOL_MAX', get('STRATA_DB_POOL_MAX') ?? '20', 1, 1000),
+    jobsEnabled: parseBool('STRATA_JOBS', get('STRATA_JOBS') ?? 'true'),
+  };
+}

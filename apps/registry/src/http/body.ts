@@ -1,0 +1,42 @@
+import type { FastifyRequest } from 'fastify';
+import { RegistryError } from '@strata/oci';
+import type { ContentRange } from '@strata/registry';
+
+/** The request body as a stream, never buffered; null when the request has none. */
+export function requestBody(req: FastifyRequest): AsyncIterable<Buffer> | null {
+  const length = req.headers['content-length'];
+  const chunked = req.headers['transfer-encoding'] !== undefined;
+  if (!chunked && (length === undefined || length === '0')) return null;
+  return req.raw;
+}
+
+/** `Content-Range: <start>-<end>` as the spec writes it; `bytes <start>-<end>[/<total>]` accepted too. */
+export function parseContentRange(header: string | string[] | undefined): ContentRange | null {
+  if (header === undefined) return null;
+  const value = Array.isArray(header) ? header[0] : header;
+  const m = /^(?:bytes[ =])?(\d{1,16})-(\d{1,16})(?:\/(?:\d{1,16}|\*))?$/.exec((value ?? '').trim());
+  if (!m) throw new RegistryError('RANGE_INVALID', { 'content-range': value });
+  const start = Number(m[1]);
+  const end = Number(m[2]);
+  if (end < start) throw new RegistryError('RANGE_INVALID', { 'content-range': value });
+  return { start, end };
+}
+
+/** A `Range: bytes=a-b` request header against an object of `size` bytes; null for the whole object. */
+export function parseByteRange(
+  header: string | undefined,
+  size: number,
+): { start: number; end: number } | null | 'unsatisfiable' {
+  if (header === undefined) return null;
+  const m = /^bytes=(\d{0,16})-(\d{0,16})$/.exec(header.trim());
+  if (!m || (m[1] === '' && m[2] === '')) return null; // unsupported forms (multiple ranges) get the whole blob
+  if (m[1] === '') {
+    const suffix = Number(m[2]);
+    if (suffix === 0) return 'unsatisfiable';
+    return { start: Math.max(size - suffix, 0), end: size - 1 };
+  }
+  const start = Number(m[1]);
+  const end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
+  if (start >= size || end < start) return 'unsatisfiable';
+  return { start, end };
+}

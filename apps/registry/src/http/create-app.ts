@@ -1,0 +1,68 @@
+import { NestFactory } from '@nestjs/core';
+import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import { AppModule } from '../app.module';
+import type { Runtime } from '../runtime';
+import { PinoNestLogger } from './logger';
+import { OciExceptionFilter, sendError } from './oci-exception.filter';
+import { rewriteOciUrl } from './oci-route';
+import { requestContext } from './request-context';
+
+const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/**
+ * The HTTP application: Fastify with every request body left as a stream for the handlers, nested repository
+ * names routed, one error envelope, and a request id on every response and log line.
+ */
+export async function createApp(runtime: Runtime): Promise<NestFastifyApplication> {
+  const { logger } = runtime;
+  const adapter = new FastifyAdapter({
+    loggerInstance: logger,
+    disableRequestLogging: true,
+    exposeHeadRoutes: false,
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 1024 },
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    keepAliveTimeout: 65_000,
+    requestTimeout: 0,
+    rewriteUrl: (req: IncomingMessage) => rewriteOciUrl(req.url ?? '/'),
+    genReqId: (req: IncomingMessage) => {
+      const given = req.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID_RE.test(given) ? given : randomUUID();
+    },
+  });
+  const app = await NestFactory.create<NestFastifyApplication>(AppModule.register(runtime), adapter, {
+    logger: new PinoNestLogger(logger),
+    bodyParser: false,
+  });
+  const fastify = app.getHttpAdapter().getInstance();
+
+  // Bodies reach handlers unread, whatever their type: blobs stream to storage, manifests are read to a limit.
+  fastify.removeAllContentTypeParsers();
+  fastify.addContentTypeParser('*', (_req, _payload, done) => done(null, undefined));
+
+  fastify.addHook('onRequest', (req, reply, done) => {
+    reply.header('X-Request-Id', req.id);
+    reply.header('Docker-Distribution-API-Version', 'registry/2.0');
+    requestContext.run({ requestId: String(req.id) }, done);
+  });
+  fastify.addHook('onResponse', (req, reply, done) => {
+    const level = reply.statusCode >= 500 ? 'error' : 'info';
+    req.log[level](
+      {
+        method: req.method,
+        url: req.url,
+        status: reply.statusCode,
+        ms: Math.round(reply.elapsedTime * 10) / 10,
+        remote: req.ip,
+      },
+      'request completed',
+    );
+    done();
+  });
+  fastify.setErrorHandler((error, req, reply) => sendError(error, req, reply, logger));
+
+  app.useGlobalFilters(new OciExceptionFilter(logger));
+  return app;
+}

@@ -1,0 +1,45 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { Interval } from '@nestjs/schedule';
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import { systemMeta } from '@strata/events';
+import { UploadService } from '@strata/registry';
+import type { Config } from '../config/config';
+import { CONFIG, LOGGER, POOL } from '../tokens';
+import { withJobLock } from './job-lock';
+
+/** Removes uploads idle for longer than STRATA_UPLOAD_TTL, recording each as `upload.expired`. */
+@Injectable()
+export class ExpireUploadsJob {
+  private running = false;
+
+  constructor(
+    private readonly uploads: UploadService,
+    @Inject(POOL) private readonly pool: pg.Pool,
+    @Inject(CONFIG) private readonly config: Config,
+    @Inject(LOGGER) private readonly logger: Logger,
+  ) {}
+
+  @Interval('expire-uploads', 60_000)
+  async tick(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      const removed = await withJobLock(this.pool, 'expire-uploads', () => this.run());
+      if (removed) this.logger.info({ job: 'expire-uploads', removed }, 'expired idle uploads');
+    } catch (err) {
+      this.logger.error({ err, job: 'expire-uploads' }, 'failed to expire uploads');
+    } finally {
+      this.running = false;
+    }
+  }
+
+  async run(): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const n = await this.uploads.expireIdle(this.config.uploadTtlSeconds, systemMeta('expire-uploads'));
+      total += n;
+      if (n === 0) return total;
+    }
+  }
+}

@@ -1,0 +1,35 @@
+import { type DynamicModule, Global, Module } from '@nestjs/common';
+import { BlobService, RepositoryStore, UploadService } from '@strata/registry';
+import type { Runtime } from './runtime';
+import { CONFIG, DB, LOGGER, POOL, RUNTIME, STORAGE } from './tokens';
+
+/** Hands the runtime (pool, storage, logger) to Nest and builds the framework-free domain services on it. */
+@Global()
+@Module({})
+export class RegistryModule {
+  static register(runtime: Runtime): DynamicModule {
+    return {
+      module: RegistryModule,
+      providers: [
+        { provide: RUNTIME, useValue: runtime },
+        { provide: CONFIG, useValue: runtime.config },
+        { provide: DB, useValue: runtime.db },
+        { provide: POOL, useValue: runtime.pool },
+        { provide: STORAGE, useValue: runtime.storage },
+        { provide: LOGGER, useValue: runtime.logger },
+        { provide: RepositoryStore, useFactory: () => new RepositoryStore(runtime.db) },
+        {
+          provide: UploadService,
+          inject: [RepositoryStore],
+          useFactory: (repos: RepositoryStore) => new UploadService(runtime.db, runtime.storage, repos, runtime.logger),
+        },
+        {
+          provide: BlobService,
+          inject: [RepositoryStore],
+          useFactory: (repos: RepositoryStore) => new BlobService(runtime.db, runtime.storage, repos),
+        },
+      ],
+      exports: [RUNTIME, CONFIG, DB, POOL, STORAGE, LOGGER, RepositoryStore, UploadService, BlobService],
+    };
+  }
+}

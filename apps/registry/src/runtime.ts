@@ -1,0 +1,59 @@
+import { join } from 'node:path';
+import type pg from 'pg';
+import type { Logger } from 'pino';
+import { createDb, createPool, type Db, EmbeddedPostgres, migrate } from '@strata/db';
+import { type BlobStorage, FilesystemDriver, LargeObjectDriver } from '@strata/storage';
+import type { Config } from './config/config';
+
+/** What the application runs on: started before Nest, stopped after it. */
+export interface Runtime {
+  readonly config: Config;
+  readonly logger: Logger;
+  readonly pool: pg.Pool;
+  readonly db: Db;
+  readonly storage: BlobStorage;
+  readonly embedded: EmbeddedPostgres | null;
+}
+
+export async function startDatabase(
+  config: Config,
+  logger: Logger,
+): Promise<{ connectionString: string; embedded: EmbeddedPostgres | null }> {
+  if (config.databaseUrl) return { connectionString: config.databaseUrl, embedded: null };
+  const embedded = new EmbeddedPostgres({
+    dir: join(config.dataDir, 'postgres'),
+    database: 'strata',
+    log: (line) => logger.debug({ component: 'postgres' }, line),
+  });
+  logger.info({ dir: join(config.dataDir, 'postgres') }, 'starting embedded PostgreSQL');
+  const connectionString = await embedded.start();
+  return { connectionString, embedded };
+}
+
+export async function startRuntime(config: Config, logger: Logger): Promise<Runtime> {
+  const { connectionString, embedded } = await startDatabase(config, logger);
+  const pool = createPool({ connectionString, max: config.dbPoolMax });
+  pool.on('error', (err) => logger.error({ err }, 'failed to keep idle database connection'));
+  try {
+    if (config.migrateOnBoot) {
+      const { applied } = await migrate(pool);
+      if (applied.length) logger.info({ applied }, 'applied migrations');
+    }
+    const db = createDb(pool);
+    const storage: BlobStorage =
+      config.storage === 'postgres'
+        ? new LargeObjectDriver(db)
+        : new FilesystemDriver(join(config.dataDir, 'storage'));
+    await storage.init();
+    return { config, logger, pool, db, storage, embedded };
+  } catch (e) {
+    await pool.end().catch(() => undefined);
+    await embedded?.stop().catch(() => undefined);
+    throw e;
+  }
+}
+
+export async function stopRuntime(runtime: Runtime): Promise<void> {
+  await runtime.db.destroy().catch((err: unknown) => runtime.logger.warn({ err }, 'failed to close database pool'));
+  await runtime.embedded?.stop();
+}

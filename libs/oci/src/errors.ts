@@ -1,0 +1,95 @@
+/**
+ * The one table of every error Strata answers with. Domain code throws RegistryError with a name from this
+ * table; the HTTP layer renders `{"errors":[{"code","message","detail"}]}` with the table's status. No call
+ * site chooses a status.
+ */
+export const OCI_SPEC_ERROR_CODES = [
+  'BLOB_UNKNOWN',
+  'BLOB_UPLOAD_INVALID',
+  'BLOB_UPLOAD_UNKNOWN',
+  'DIGEST_INVALID',
+  'MANIFEST_BLOB_UNKNOWN',
+  'MANIFEST_INVALID',
+  'MANIFEST_UNKNOWN',
+  'NAME_INVALID',
+  'NAME_UNKNOWN',
+  'SIZE_INVALID',
+  'UNAUTHORIZED',
+  'DENIED',
+  'UNSUPPORTED',
+  'TOOMANYREQUESTS',
+] as const;
+
+export type OciSpecErrorCode = (typeof OCI_SPEC_ERROR_CODES)[number];
+
+interface ErrorEntry {
+  /** The code clients see in the envelope. */
+  readonly code: string;
+  readonly status: number;
+  readonly message: string;
+}
+
+export const ERROR_TABLE = {
+  BLOB_UNKNOWN: { code: 'BLOB_UNKNOWN', status: 404, message: 'blob unknown to registry' },
+  BLOB_UPLOAD_INVALID: { code: 'BLOB_UPLOAD_INVALID', status: 400, message: 'blob upload invalid' },
+  BLOB_UPLOAD_UNKNOWN: { code: 'BLOB_UPLOAD_UNKNOWN', status: 404, message: 'blob upload unknown to registry' },
+  DIGEST_INVALID: { code: 'DIGEST_INVALID', status: 400, message: 'provided digest did not match uploaded content' },
+  MANIFEST_BLOB_UNKNOWN: {
+    code: 'MANIFEST_BLOB_UNKNOWN',
+    status: 400,
+    message: 'manifest references a manifest or blob unknown to registry',
+  },
+  MANIFEST_INVALID: { code: 'MANIFEST_INVALID', status: 400, message: 'manifest invalid' },
+  MANIFEST_UNKNOWN: { code: 'MANIFEST_UNKNOWN', status: 404, message: 'manifest unknown to registry' },
+  NAME_INVALID: { code: 'NAME_INVALID', status: 400, message: 'invalid repository name' },
+  NAME_UNKNOWN: { code: 'NAME_UNKNOWN', status: 404, message: 'repository name not known to registry' },
+  SIZE_INVALID: { code: 'SIZE_INVALID', status: 400, message: 'provided length did not match content length' },
+  UNAUTHORIZED: { code: 'UNAUTHORIZED', status: 401, message: 'authentication required' },
+  DENIED: { code: 'DENIED', status: 403, message: 'requested access to the resource is denied' },
+  UNSUPPORTED: { code: 'UNSUPPORTED', status: 400, message: 'the operation is unsupported' },
+  TOOMANYREQUESTS: { code: 'TOOMANYREQUESTS', status: 429, message: 'too many requests' },
+  // Beyond the spec's list, as the reference registry has them.
+  TAG_INVALID: { code: 'TAG_INVALID', status: 400, message: 'manifest tag did not match URI' },
+  PAGINATION_NUMBER_INVALID: {
+    code: 'PAGINATION_NUMBER_INVALID',
+    status: 400,
+    message: 'invalid number of results requested',
+  },
+  RANGE_INVALID: { code: 'RANGE_INVALID', status: 416, message: 'invalid content range' },
+  MANIFEST_TOO_LARGE: { code: 'SIZE_INVALID', status: 413, message: 'manifest exceeds the size limit' },
+  METHOD_UNKNOWN: { code: 'UNSUPPORTED', status: 405, message: 'method not allowed for this resource' },
+  ROUTE_UNKNOWN: { code: 'NOT_FOUND', status: 404, message: 'no such route' },
+  UNAVAILABLE: { code: 'UNAVAILABLE', status: 503, message: 'service unavailable' },
+  UNKNOWN: { code: 'UNKNOWN', status: 500, message: 'unknown error' },
+} as const satisfies Record<string, ErrorEntry>;
+
+export type ErrorName = keyof typeof ERROR_TABLE;
+
+export class RegistryError extends Error {
+  readonly code: string;
+  readonly status: number;
+
+  constructor(
+    readonly name_: ErrorName,
+    readonly detail?: unknown,
+    /** Headers the response must carry, such as `Range` on a 416. */
+    readonly headers?: Readonly<Record<string, string>>,
+  ) {
+    const entry = ERROR_TABLE[name_];
+    super(typeof detail === 'string' ? `${entry.message}: ${detail}` : entry.message);
+    this.code = entry.code;
+    this.status = entry.status;
+  }
+
+  get entry(): ErrorEntry {
+    return ERROR_TABLE[this.name_];
+  }
+
+  toEnvelope(): { errors: { code: string; message: string; detail: unknown }[] } {
+    return { errors: [{ code: this.code, message: this.entry.message, detail: this.detail ?? null }] };
+  }
+}
+
+export function isRegistryError(e: unknown): e is RegistryError {
+  return e instanceof RegistryError;
+}

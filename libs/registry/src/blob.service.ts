@@ -1,0 +1,105 @@
+import type { Readable } from 'node:stream';
+import type { Db } from '@strata/db';
+import { EventStore, type RequestMeta } from '@strata/events';
+import { assertName, parseDigest, RegistryError } from '@strata/oci';
+import type { BlobStorage, ByteRange } from '@strata/storage';
+import type { RepositoryStore } from './repository.store';
+
+export interface BlobInfo {
+  readonly digest: string;
+  readonly size: number;
+  readonly storageKey: string;
+}
+
+/** Reads and links of blobs that are already stored. Reads touch projections only. */
+export class BlobService {
+  private readonly events = new EventStore();
+
+  constructor(
+    private readonly db: Db,
+    private readonly storage: BlobStorage,
+    private readonly repositories: RepositoryStore,
+  ) {}
+
+  /** The blob as linked in `repository`; BLOB_UNKNOWN when it is not, even if another repository has it. */
+  async stat(repository: string, digest: string): Promise<BlobInfo> {
+    assertName(repository);
+    parseDigest(digest);
+    const row = await this.db
+      .selectFrom('repository_blobs as rb')
+      .innerJoin('repositories as r', 'r.id', 'rb.repository_id')
+      .innerJoin('blobs as b', 'b.digest', 'rb.digest')
+      .select(['b.size', 'b.storage_key'])
+      .where('r.name', '=', repository)
+      .where('rb.digest', '=', digest)
+      .executeTakeFirst();
+    if (!row) throw new RegistryError('BLOB_UNKNOWN', { digest });
+    return { digest, size: row.size, storageKey: row.storage_key };
+  }
+
+  async open(blob: BlobInfo, range?: ByteRange): Promise<Readable> {
+    return this.storage.read(blob.storageKey, range);
+  }
+
+  /** Removes the blob's link from `repository`; the bytes stay for other repositories and the collector. */
+  async unlink(repository: string, digest: string, meta: RequestMeta): Promise<void> {
+    parseDigest(digest);
+    const repositoryId = await this.repositories.find(repository);
+    if (repositoryId === null) throw new RegistryError('BLOB_UNKNOWN', { digest });
+    const removed = await this.db.transaction().execute(async (tx) => {
+      const del = await tx
+        .deleteFrom('repository_blobs')
+        .where('repository_id', '=', repositoryId)
+        .where('digest', '=', digest)
+        .executeTakeFirst();
+      if (del.numDeletedRows !== 1n) return false;
+      await this.events.append(tx, { type: 'blob.unlinked', repository, subject: digest, payload: { digest }, meta });
+      return true;
+    });
+    if (!removed) throw new RegistryError('BLOB_UNKNOWN', { digest });
+  }
+
+  /**
+   * Links a blob of `from` into `repository` without moving bytes. Returns false when `from` does not have
+   * it, so the caller can open an ordinary upload instead.
+   */
+  async mount(repository: string, digest: string, from: string, meta: RequestMeta): Promise<boolean> {
+    parseDigest(digest);
+    assertName(from);
+    let source: BlobInfo;
+    try {
+      source = await this.stat(from, digest);
+    } catch (e) {
+      if (e instanceof RegistryError && e.code === 'BLOB_UNKNOWN') return false;
+      throw e;
+    }
+    const repositoryId = await this.repositories.ensure(repository);
+    return this.db.transaction().execute(async (tx) => {
+      // The source link is re-checked under a share lock, so a concurrent unlink cannot slip between.
+      const still = await tx
+        .selectFrom('repository_blobs as rb')
+        .innerJoin('repositories as r', 'r.id', 'rb.repository_id')
+        .select('rb.digest')
+        .where('r.name', '=', from)
+        .where('rb.digest', '=', digest)
+        .forShare()
+        .executeTakeFirst();
+      if (!still) return false;
+      const ins = await tx
+        .insertInto('repository_blobs')
+        .values({ repository_id: repositoryId, digest })
+        .onConflict((oc) => oc.columns(['repository_id', 'digest']).doNothing())
+        .executeTakeFirst();
+      if (ins.numInsertedOrUpdatedRows === 1n || from !== repository) {
+        await this.events.append(tx, {
+          type: 'blob.mounted',
+          repository,
+          subject: digest,
+          payload: { digest, from, size: source.size },
+          meta,
+        });
+      }
+      return true;
+    });
+  }
+}

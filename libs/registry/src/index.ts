@@ -1,0 +1,3 @@
+export * from './blob.service';
+export * from './repository.store';
+export * from './upload.service';

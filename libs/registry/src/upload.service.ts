@@ -1,0 +1,376 @@
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import { sql } from 'kysely';
+import type { Db, UploadRow } from '@strata/db';
+import { type Digester, nativeDigester, ResumableSha256, tap } from '@strata/digest';
+import { EventStore, type RequestMeta } from '@strata/events';
+import { parseDigest, RegistryError } from '@strata/oci';
+import { type BlobStorage, blobKey, chunkKey } from '@strata/storage';
+import type { RepositoryStore } from './repository.store';
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+export interface UploadStatus {
+  readonly id: string;
+  readonly repository: string;
+  /** Bytes received so far. */
+  readonly size: number;
+}
+
+export interface ContentRange {
+  readonly start: number;
+  readonly end: number;
+}
+
+export interface CommittedBlob {
+  readonly digest: string;
+  readonly size: number;
+}
+
+interface Chunk {
+  readonly offset: number;
+  readonly size: number;
+  readonly storage_key: string;
+}
+
+/** `Range` header value for an upload of `size` bytes: the spec's inclusive `0-<last byte>`. */
+export function uploadRange(size: number): string {
+  return `0-${Math.max(size - 1, 0)}`;
+}
+
+async function* emptyIterable(): AsyncGenerator<Buffer> {}
+
+/**
+ * Blob uploads: sessions, chunks and commits. Each chunk is streamed to its own storage key and accepted by a
+ * row update conditional on the offset it started from, so of two racing chunks exactly one wins and the
+ * loser's bytes are never seen. The commit is an insert under the blobs' unique digest: every identical
+ * concurrent upload succeeds, and its blob is complete before any of them answers.
+ */
+export class UploadService {
+  private readonly events = new EventStore();
+
+  constructor(
+    private readonly db: Db,
+    private readonly storage: BlobStorage,
+    private readonly repositories: RepositoryStore,
+    private readonly logger: Logger,
+  ) {}
+
+  async start(repository: string, meta: RequestMeta): Promise<UploadStatus> {
+    const repositoryId = await this.repositories.ensure(repository);
+    const id = randomUUID();
+    await this.db.transaction().execute(async (tx) => {
+      await tx.insertInto('uploads').values({ id, repository_id: repositoryId }).execute();
+      await this.events.append(tx, {
+        type: 'upload.started',
+        repository,
+        subject: id,
+        payload: { upload_id: id },
+        meta,
+      });
+    });
+    return { id, repository, size: 0 };
+  }
+
+  private async load(repository: string, id: string): Promise<UploadRow> {
+    const repositoryId = await this.repositories.find(repository);
+    if (!UUID_RE.test(id) || repositoryId === null) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+    const row = await this.db
+      .selectFrom('uploads')
+      .selectAll()
+      .where('id', '=', id)
+      .where('repository_id', '=', repositoryId)
+      .executeTakeFirst();
+    if (!row) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+    return row;
+  }
+
+  async status(repository: string, id: string): Promise<UploadStatus> {
+    const row = await this.load(repository, id);
+    return { id, repository, size: row.size };
+  }
+
+  /**
+   * Appends `body` at the upload's current offset. With a `range`, it must start there (else 416 with the
+   * current range) and match the body's length.
+   */
+  async append(
+    repository: string,
+    id: string,
+    body: AsyncIterable<Buffer>,
+    range: ContentRange | null,
+    meta: RequestMeta,
+  ): Promise<UploadStatus> {
+    const row = await this.load(repository, id);
+    if (range && range.start !== row.size) throw this.rangeError(repository, id, row.size);
+    const size = await this.appendAt(repository, row, body, range, meta);
+    return { id, repository, size };
+  }
+
+  private rangeError(repository: string, id: string, size: number): RegistryError {
+    return new RegistryError(
+      'RANGE_INVALID',
+      { upload: id, size },
+      {
+        Location: `/v2/${repository}/blobs/uploads/${id}`,
+        Range: uploadRange(size),
+        'Docker-Upload-UUID': id,
+      },
+    );
+  }
+
+  /** Streams one chunk to storage and accepts it; returns the upload's new size. */
+  private async appendAt(
+    repository: string,
+    row: UploadRow,
+    body: AsyncIterable<Buffer>,
+    range: ContentRange | null,
+    meta: RequestMeta,
+  ): Promise<number> {
+    const offset = row.size;
+    // Bytes running from offset 0 are hashed natively; a later chunk continues a saved WebAssembly state.
+    const resumable = offset === 0 ? null : await this.resumeAt(row, offset);
+    const native = offset === 0 ? nativeDigester('sha256') : null;
+    const digester: Digester = (native ?? resumable)!;
+    const key = chunkKey(row.id, offset);
+    const written = await this.storage.write(key, tap(body, digester));
+    if (written === 0) {
+      await this.storage.delete(key);
+      if (range && range.end >= range.start) throw new RegistryError('RANGE_INVALID', { expected: range, received: 0 });
+      return offset;
+    }
+    if (range && range.end - range.start + 1 !== written) {
+      await this.storage.delete(key);
+      throw new RegistryError('RANGE_INVALID', { expected: range.end - range.start + 1, received: written });
+    }
+    const size = offset + written;
+    const accepted = await this.db.transaction().execute(async (tx) => {
+      const updated = await tx
+        .updateTable('uploads')
+        .set({
+          size,
+          updated_at: sql<Date>`now()`,
+          hash_state: resumable ? resumable.save() : null,
+          hash_offset: resumable ? size : 0,
+          prefix_digest: native ? native.hex() : null,
+        })
+        .where('id', '=', row.id)
+        .where('size', '=', offset)
+        .executeTakeFirst();
+      if (updated.numUpdatedRows !== 1n) return false;
+      await tx.insertInto('upload_chunks').values({ upload_id: row.id, offset, size: written, storage_key: key }).execute();
+      await this.events.append(tx, {
+        type: 'upload.chunk',
+        repository,
+        subject: row.id,
+        payload: { upload_id: row.id, offset, size: written },
+        meta,
+      });
+      return true;
+    });
+    if (!accepted) {
+      await this.storage.delete(key);
+      const current = await this.db.selectFrom('uploads').select('size').where('id', '=', row.id).executeTakeFirst();
+      if (!current) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: row.id });
+      throw this.rangeError(repository, row.id, current.size);
+    }
+    return size;
+  }
+
+  /** A resumable SHA-256 over bytes [0, offset): the row's saved state, caught up from stored chunks. */
+  private async resumeAt(row: UploadRow, offset: number): Promise<ResumableSha256> {
+    const hasher = await ResumableSha256.create(row.hash_state);
+    await this.feedStored(row.id, row.hash_offset, offset, hasher);
+    return hasher;
+  }
+
+  private async chunks(uploadId: string): Promise<Chunk[]> {
+    return this.db
+      .selectFrom('upload_chunks')
+      .select(['offset', 'size', 'storage_key'])
+      .where('upload_id', '=', uploadId)
+      .orderBy('offset')
+      .execute();
+  }
+
+  /** Feeds stored bytes [from, to) of an upload to `digester`. */
+  private async feedStored(uploadId: string, from: number, to: number, digester: Digester): Promise<void> {
+    if (from >= to) return;
+    for (const c of await this.chunks(uploadId)) {
+      const end = c.offset + c.size;
+      if (end <= from || c.offset >= to) continue;
+      const start = Math.max(from, c.offset) - c.offset;
+      const last = Math.min(to, end) - 1 - c.offset;
+      for await (const b of await this.storage.read(c.storage_key, { start, end: last })) digester.update(b as Buffer);
+    }
+  }
+
+  /**
+   * Completes the upload: appends `body` if any, verifies `digest` over every byte, and makes the blob visible
+   * in the repository. On a mismatch nothing becomes visible and the upload stays as it was.
+   */
+  async commit(
+    repository: string,
+    id: string,
+    digest: string,
+    body: AsyncIterable<Buffer> | null,
+    meta: RequestMeta,
+  ): Promise<CommittedBlob> {
+    const { algorithm, hex } = parseDigest(digest);
+    let row = await this.load(repository, id);
+    if (body) {
+      const size = await this.appendAt(repository, row, body, null, meta);
+      if (size !== row.size) row = await this.load(repository, id);
+    }
+    const size = row.size;
+    const actual = await this.finalDigest(row, algorithm);
+    if (actual !== hex) {
+      throw new RegistryError('DIGEST_INVALID', { expected: digest, actual: `${algorithm}:${actual}`, size });
+    }
+    const chunks = await this.chunks(id);
+    if (chunks.reduce((n, c) => n + c.size, 0) !== size) {
+      throw new Error(`failed to commit upload ${id}: chunk rows do not add up to ${size} bytes`);
+    }
+    const repositoryId = row.repository_id;
+    const existing = await this.db.selectFrom('blobs').select(['size']).where('digest', '=', digest).executeTakeFirst();
+    let key: string | null = null;
+    if (!existing && (!this.storage.transactional || chunks.length === 0)) {
+      key = blobKey(hex);
+      if (chunks.length === 0) await this.storage.write(key, emptyIterable());
+      else await this.storage.compose(key, chunks.map((c) => c.storage_key));
+    }
+    let created = false;
+    try {
+      created = await this.db.transaction().execute(async (tx) => {
+        if (!existing && key === null) {
+          key = blobKey(hex);
+          await this.storage.compose(key, chunks.map((c) => c.storage_key), tx);
+        }
+        let inserted = false;
+        if (key !== null) {
+          const ins = await tx
+            .insertInto('blobs')
+            .values({ digest, size, storage_key: key })
+            .onConflict((oc) => oc.column('digest').doNothing())
+            .executeTakeFirst();
+          inserted = ins.numInsertedOrUpdatedRows === 1n;
+        }
+        if (!inserted) {
+          const blob = await tx.selectFrom('blobs').select('size').where('digest', '=', digest).executeTakeFirst();
+          if (!blob) throw new Error(`failed to commit upload ${id}: blob ${digest} vanished`);
+          if (blob.size !== size) throw new Error(`failed to commit upload ${id}: ${digest} stored with size ${blob.size}, not ${size}`);
+        }
+        await tx
+          .insertInto('repository_blobs')
+          .values({ repository_id: repositoryId, digest })
+          .onConflict((oc) => oc.columns(['repository_id', 'digest']).doNothing())
+          .execute();
+        const removed = await tx.deleteFrom('uploads').where('id', '=', id).where('size', '=', size).executeTakeFirst();
+        if (removed.numDeletedRows !== 1n) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+        await this.events.append(tx, {
+          type: 'upload.committed',
+          repository,
+          subject: digest,
+          payload: { upload_id: id, digest, size, existed: !inserted },
+          meta,
+        });
+        return inserted;
+      });
+    } catch (e) {
+      if (key !== null && !this.storage.transactional) await this.storage.delete(key).catch(() => undefined);
+      throw e;
+    }
+    // The upload's own bytes are no longer needed: a composed blob holds its own links or copy.
+    await this.removeObjects([...chunks.map((c) => c.storage_key), ...(created || key === null ? [] : [key])]);
+    return { digest, size };
+  }
+
+  private async finalDigest(row: UploadRow, algorithm: 'sha256' | 'sha512'): Promise<string> {
+    if (algorithm === 'sha256') {
+      if (row.prefix_digest) return row.prefix_digest;
+      if (row.hash_state && row.hash_offset > 0) {
+        const hasher = await this.resumeAt(row, row.size);
+        return hasher.hex();
+      }
+    }
+    const native = nativeDigester(algorithm);
+    await this.feedStored(row.id, 0, row.size, native);
+    return native.hex();
+  }
+
+  async cancel(repository: string, id: string, meta: RequestMeta): Promise<void> {
+    const row = await this.load(repository, id);
+    const chunks = await this.chunks(id);
+    const removed = await this.db.transaction().execute(async (tx) => {
+      const del = await tx.deleteFrom('uploads').where('id', '=', id).executeTakeFirst();
+      if (del.numDeletedRows !== 1n) return false;
+      await this.events.append(tx, {
+        type: 'upload.cancelled',
+        repository,
+        subject: id,
+        payload: { upload_id: id, size: row.size },
+        meta,
+      });
+      return true;
+    });
+    if (!removed) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+    await this.removeObjects(chunks.map((c) => c.storage_key));
+  }
+
+  /**
+   * Removes uploads idle for longer than `ttlSeconds`, at most `limit` per call; rows locked by a request that is
+   * using them are skipped. Returns how many were removed.
+   */
+  async expireIdle(ttlSeconds: number, meta: RequestMeta, limit = 500): Promise<number> {
+    const expired = await this.db.transaction().execute(async (tx) => {
+      const rows = await tx
+        .selectFrom('uploads as u')
+        .innerJoin('repositories as r', 'r.id', 'u.repository_id')
+        .select(['u.id', 'u.size', 'u.updated_at', 'r.name'])
+        .where('u.updated_at', '<', sql<Date>`now() - make_interval(secs => ${ttlSeconds})`)
+        .orderBy('u.updated_at')
+        .limit(limit)
+        .forUpdate('u')
+        .skipLocked()
+        .execute();
+      if (rows.length === 0) return { count: 0, keys: [] as string[] };
+      const ids = rows.map((r) => r.id);
+      const keys = await tx.selectFrom('upload_chunks').select('storage_key').where('upload_id', 'in', ids).execute();
+      await tx.deleteFrom('uploads').where('id', 'in', ids).execute();
+      for (const r of rows) {
+        await this.events.append(tx, {
+          type: 'upload.expired',
+          repository: r.name,
+          subject: r.id,
+          payload: { upload_id: r.id, size: r.size, idle_since: r.updated_at.toISOString() },
+          meta,
+        });
+      }
+      return { count: rows.length, keys: keys.map((k) => k.storage_key) };
+    });
+    await this.removeObjects(expired.keys);
+    return expired.count;
+  }
+
+  /** Monolithic upload: a session, its only bytes and its commit in one request. */
+  async upload(repository: string, digest: string, body: AsyncIterable<Buffer>, meta: RequestMeta): Promise<CommittedBlob> {
+    parseDigest(digest);
+    const { id } = await this.start(repository, meta);
+    try {
+      return await this.commit(repository, id, digest, body, meta);
+    } catch (e) {
+      await this.cancel(repository, id, meta).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  private async removeObjects(keys: readonly string[]): Promise<void> {
+    for (const key of keys) {
+      try {
+        await this.storage.delete(key);
+      } catch (err) {
+        this.logger.warn({ err, key }, 'failed to remove storage object');
+      }
+    }
+  }
+}

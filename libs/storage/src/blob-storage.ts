@@ -1,0 +1,61 @@
+import type { Readable } from 'node:stream';
+import type { Tx } from '@strata/db';
+
+export interface ByteRange {
+  /** First byte, inclusive. */
+  readonly start: number;
+  /** Last byte, inclusive. */
+  readonly end: number;
+}
+
+/**
+ * Where blob bytes live. Objects are immutable and addressed by keys the caller makes unique: a key is
+ * written once and never reused, so deleting one copy can never remove another writer's bytes.
+ */
+export interface BlobStorage {
+  readonly driver: 'filesystem' | 'postgres';
+  /** True when bytes live in the database, so `compose` joins the caller's transaction. */
+  readonly transactional: boolean;
+
+  /** Prepares the store (directories, tables); safe to call at every start. */
+  init(): Promise<void>;
+
+  /**
+   * Streams `source` into a new object at `key` and resolves with its size once every byte is durable.
+   * If `source` fails, nothing is left at `key` and the error propagates.
+   */
+  write(key: string, source: AsyncIterable<Buffer>): Promise<number>;
+
+  /**
+   * Makes a new object at `key` whose bytes are `parts` concatenated in order, durable on return. The parts are
+   * left as they are. Drivers that keep bytes in the database do it inside `tx`, so the object becomes visible
+   * with the rows that commit with it.
+   */
+  compose(key: string, parts: readonly string[], tx?: Tx): Promise<void>;
+
+  /** Streams the object, or the inclusive `range` of it. Rejects with code ENOENT when there is no object. */
+  read(key: string, range?: ByteRange): Promise<Readable>;
+
+  /** The object's size, or null when there is none. */
+  size(key: string): Promise<number | null>;
+
+  /** Removes the object; removing a missing one is not an error. */
+  delete(key: string): Promise<void>;
+
+  /** Throws when the store cannot accept writes (readiness). */
+  check(): Promise<void>;
+}
+
+export class StorageKeyError extends Error {
+  constructor(key: string) {
+    super(`invalid storage key ${JSON.stringify(key)}`);
+  }
+}
+
+/** Keys are made by the registry from digests and ids it has validated; this is the last line anyway. */
+const KEY_RE = /^(blobs|uploads)\/[0-9a-f]{2}\/[0-9a-f][0-9a-f.-]{8,200}$/;
+
+export function assertKey(key: string): string {
+  if (!KEY_RE.test(key) || key.includes('..')) throw new StorageKeyError(key);
+  return key;
+}

@@ -1,0 +1,189 @@
+import { constants, createReadStream } from 'node:fs';
+import { link, lstat, mkdir, open, readdir, rename, rm, stat, writeFile, unlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { PassThrough, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { assertKey, type BlobStorage, type ByteRange } from './blob-storage';
+import { nonce } from './paths';
+
+/** Flush written data every this many bytes while a write goes on, so the final fsync has little left to do. */
+const SYNC_EVERY = 32 * 1024 * 1024;
+const PREFIXES = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+function enoent(key: string): NodeJS.ErrnoException {
+  const e: NodeJS.ErrnoException = new Error(`no object at ${key}`);
+  e.code = 'ENOENT';
+  return e;
+}
+
+interface Part {
+  readonly path: string;
+  readonly start: number;
+  readonly size: number;
+}
+
+export class FilesystemDriver implements BlobStorage {
+  readonly driver = 'filesystem' as const;
+  readonly transactional = false;
+  private readonly tmp: string;
+
+  constructor(private readonly root: string) {
+    this.tmp = join(root, 'tmp');
+  }
+
+  async init(): Promise<void> {
+    await rm(this.tmp, { recursive: true, force: true });
+    await mkdir(this.tmp, { recursive: true });
+    for (const top of ['blobs', 'uploads']) {
+      await mkdir(join(this.root, top), { recursive: true });
+      await Promise.all(PREFIXES.map((p) => mkdir(join(this.root, top, p), { recursive: true })));
+      await fsyncDir(join(this.root, top));
+    }
+    await fsyncDir(this.root);
+  }
+
+  private path(key: string): string {
+    return join(this.root, assertKey(key));
+  }
+
+  async write(key: string, source: AsyncIterable<Buffer>): Promise<number> {
+    const target = this.path(key);
+    const tmp = join(this.tmp, nonce());
+    const fh = await open(tmp, 'wx', 0o644);
+    let size = 0;
+    let unsynced = 0;
+    let syncing: Promise<void> | undefined;
+    try {
+      for await (const chunk of source) {
+        let off = 0;
+        while (off < chunk.length) {
+          const { bytesWritten } = await fh.write(chunk, off, chunk.length - off, null);
+          off += bytesWritten;
+        }
+        size += chunk.length;
+        unsynced += chunk.length;
+        if (unsynced >= SYNC_EVERY) {
+          // One flush at a time, overlapped with receiving the next bytes.
+          await syncing;
+          syncing = fh.datasync();
+          unsynced = 0;
+        }
+      }
+      await syncing;
+      await fh.sync();
+      await fh.close();
+    } catch (e) {
+      await syncing?.catch(() => undefined);
+      await fh.close().catch(() => undefined);
+      await rm(tmp, { force: true });
+      throw e;
+    }
+    await rename(tmp, target);
+    await fsyncDir(dirname(target));
+    return size;
+  }
+
+  async compose(key: string, parts: readonly string[]): Promise<void> {
+    const target = this.path(key);
+    const first = parts[0];
+    if (parts.length === 1 && first !== undefined) {
+      await link(this.path(first), target);
+      await fsyncDir(dirname(target));
+      return;
+    }
+    const dir = join(this.tmp, nonce());
+    await mkdir(dir);
+    try {
+      let offset = 0;
+      for (const part of parts) {
+        const src = this.path(part);
+        const { size } = await stat(src);
+        await link(src, join(dir, String(offset).padStart(16, '0')));
+        offset += size;
+      }
+      await fsyncDir(dir);
+      await rename(dir, target);
+    } catch (e) {
+      await rm(dir, { recursive: true, force: true });
+      throw e;
+    }
+    await fsyncDir(dirname(target));
+  }
+
+  private async parts(key: string): Promise<Part[]> {
+    const path = this.path(key);
+    let st;
+    try {
+      st = await lstat(path);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw enoent(key);
+      throw e;
+    }
+    if (!st.isDirectory()) return [{ path, start: 0, size: st.size }];
+    const names = (await readdir(path)).sort();
+    const parts: Part[] = [];
+    let start = 0;
+    for (const name of names) {
+      const { size } = await stat(join(path, name));
+      parts.push({ path: join(path, name), start, size });
+      start += size;
+    }
+    return parts;
+  }
+
+  async read(key: string, range?: ByteRange): Promise<Readable> {
+    const parts = await this.parts(key);
+    const first = parts[0];
+    if (parts.length === 1 && first) {
+      return createReadStream(first.path, range ? { start: range.start, end: range.end, highWaterMark: 256 * 1024 } : { highWaterMark: 256 * 1024 });
+    }
+    const total = parts.reduce((n, p) => n + p.size, 0);
+    const from = range?.start ?? 0;
+    const to = range?.end ?? total - 1;
+    const out = new PassThrough({ highWaterMark: 256 * 1024 });
+    const pump = async (): Promise<void> => {
+      for (const p of parts) {
+        const pEnd = p.start + p.size - 1;
+        if (pEnd < from || p.start > to || p.size === 0) continue;
+        const s = createReadStream(p.path, {
+          start: Math.max(from, p.start) - p.start,
+          end: Math.min(to, pEnd) - p.start,
+          highWaterMark: 256 * 1024,
+        });
+        await pipeline(s, out, { end: false });
+      }
+      out.end();
+    };
+    pump().catch((e: unknown) => out.destroy(e as Error));
+    return out;
+  }
+
+  async size(key: string): Promise<number | null> {
+    try {
+      return (await this.parts(key)).reduce((n, p) => n + p.size, 0);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw e;
+    }
+  }
+
+  async delete(key: string): Promise<void> {
+    await rm(this.path(key), { recursive: true, force: true });
+  }
+
+  async check(): Promise<void> {
+    const probe = join(this.tmp, `ready-${nonce()}`);
+    await writeFile(probe, 'ok');
+    await unlink(probe);
+  }
+}
+

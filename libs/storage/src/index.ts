@@ -1,0 +1,4 @@
+export * from './blob-storage';
+export * from './filesystem.driver';
+export * from './large-object.driver';
+export * from './paths';

@@ -1,0 +1,28 @@
+import { randomBytes } from 'node:crypto';
+
+/**
+ * Storage keys, drawn as the filesystem driver lays them out under STRATA_DATA_DIR/storage:
+ *
+ *   storage/
+ *   ├── blobs/<hex[0:2]>/
+ *   │   ├── <hex>.<nonce>                 a blob stored as one file
+ *   │   └── <hex>.<nonce>/                a blob stored in parts, hard links to its upload's chunks:
+ *   │       └── <offset, 16 digits>         one file per part, named by where it starts
+ *   ├── uploads/<id[0:2]>/
+ *   │   └── <upload id>.<offset>.<nonce>  one accepted chunk of an upload
+ *   └── tmp/                              partial writes, renamed into place once durable; emptied at start
+ *
+ * Every key carries a random nonce, so two writers of the same digest or the same upload offset never share a
+ * key. The PostgreSQL driver uses the same keys as names of its large objects.
+ */
+export function nonce(): string {
+  return randomBytes(8).toString('hex');
+}
+
+export function blobKey(hex: string): string {
+  return `blobs/${hex.slice(0, 2)}/${hex}.${nonce()}`;
+}
+
+export function chunkKey(uploadId: string, offset: number): string {
+  return `uploads/${uploadId.slice(0, 2)}/${uploadId}.${offset}.${nonce()}`;
+}

@@ -1,0 +1,204 @@
+import { errorCodes, pushBlob, randomBlob, sha256 } from '../support/http';
+import { startTestApp, type TestApp } from '../support/test-app';
+
+describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage', (storage) => {
+  let t: TestApp;
+  beforeAll(async () => {
+    t = await startTestApp({ storage });
+  });
+  afterAll(async () => {
+    expect(t.serverErrors()).toEqual([]);
+    await t.close();
+  });
+
+  const url = (path: string): string => `${t.url}${path}`;
+
+  async function startUpload(repo: string): Promise<string> {
+    const res = await fetch(url(`/v2/${repo}/blobs/uploads/`), { method: 'POST' });
+    expect(res.status).toBe(202);
+    expect(res.headers.get('range')).toBe('0-0');
+    expect(res.headers.get('docker-upload-uuid')).toMatch(/^[0-9a-f-]{36}$/);
+    return res.headers.get('location')!;
+  }
+
+  it('answers the version check', async () => {
+    const res = await fetch(url('/v2/'));
+    expect(res.status).toBe(200);
+    expect(res.headers.get('docker-distribution-api-version')).toBe('registry/2.0');
+    expect(await res.json()).toEqual({});
+  });
+
+  it('uploads monolithically with POST ?digest and reads it back, nested names included', async () => {
+    const { data, digest } = randomBlob(100_000);
+    const res = await fetch(url(`/v2/org/team/app/blobs/uploads/?digest=${digest}`), {
+      method: 'POST',
+      body: data,
+      headers: { 'content-type': 'application/octet-stream' },
+    });
+    expect(res.status).toBe(201);
+    expect(res.headers.get('location')).toBe(`/v2/org/team/app/blobs/${digest}`);
+    expect(res.headers.get('docker-content-digest')).toBe(digest);
+    const head = await fetch(url(`/v2/org/team/app/blobs/${digest}`), { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-length')).toBe('100000');
+    expect(head.headers.get('content-type')).toBe('application/octet-stream');
+    expect(head.headers.get('docker-content-digest')).toBe(digest);
+    const get = await fetch(url(`/v2/org/team/app/blobs/${digest}`));
+    expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
+  });
+
+  it('uploads in chunks with and without Content-Range, then commits with final bytes', async () => {
+    const { data, digest } = randomBlob(300_000);
+    const location = await startUpload('chunky');
+    let res = await fetch(url(location), {
+      method: 'PATCH',
+      body: data.subarray(0, 100_000),
+      headers: { 'content-type': 'application/octet-stream', 'content-range': '0-99999' },
+    });
+    expect(res.status).toBe(202);
+    expect(res.headers.get('range')).toBe('0-99999');
+    res = await fetch(url(res.headers.get('location')!), {
+      method: 'PATCH',
+      body: data.subarray(100_000, 250_000),
+      headers: { 'content-type': 'application/octet-stream' },
+    });
+    expect(res.status).toBe(202);
+    expect(res.headers.get('range')).toBe('0-249999');
+    const status = await fetch(url(location));
+    expect(status.status).toBe(204);
+    expect(status.headers.get('range')).toBe('0-249999');
+    res = await fetch(url(`${location}?digest=${digest}`), {
+      method: 'PUT',
+      body: data.subarray(250_000),
+      headers: { 'content-type': 'application/octet-stream' },
+    });
+    expect(res.status).toBe(201);
+    const get = await fetch(url(`/v2/chunky/blobs/${digest}`));
+    expect(get.headers.get('content-length')).toBe('300000');
+    expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
+  });
+
+  it('serves byte ranges with 206 across chunk boundaries', async () => {
+    const { data, digest } = randomBlob(50_000);
+    const location = await startUpload('ranges');
+    await fetch(url(location), { method: 'PATCH', body: data.subarray(0, 20_000) });
+    await fetch(url(location), { method: 'PATCH', body: data.subarray(20_000) });
+    expect((await fetch(url(`${location}?digest=${digest}`), { method: 'PUT' })).status).toBe(201);
+    const res = await fetch(url(`/v2/ranges/blobs/${digest}`), { headers: { range: 'bytes=19990-20009' } });
+    expect(res.status).toBe(206);
+    expect(res.headers.get('content-range')).toBe(`bytes 19990-20009/50000`);
+    expect(Buffer.from(await res.arrayBuffer())).toEqual(data.subarray(19990, 20010));
+    const bad = await fetch(url(`/v2/ranges/blobs/${digest}`), { headers: { range: 'bytes=60000-' } });
+    expect(bad.status).toBe(416);
+  });
+
+  it('refuses an out-of-order or retried chunk with 416 and the current range', async () => {
+    const location = await startUpload('order');
+    await fetch(url(location), { method: 'PATCH', body: Buffer.alloc(10, 1), headers: { 'content-range': '0-9' } });
+    const skip = await fetch(url(location), { method: 'PATCH', body: Buffer.alloc(10, 2), headers: { 'content-range': '20-29' } });
+    expect(skip.status).toBe(416);
+    expect(skip.headers.get('range')).toBe('0-9');
+    const retry = await fetch(url(location), { method: 'PATCH', body: Buffer.alloc(10, 1), headers: { 'content-range': '0-9' } });
+    expect(retry.status).toBe(416);
+    expect(await errorCodes(retry)).toEqual(['RANGE_INVALID']);
+  });
+
+  it('refuses a wrong digest with DIGEST_INVALID and makes nothing visible', async () => {
+    const { data } = randomBlob(1000);
+    const wrong = sha256('something else');
+    const res = await pushBlob(t.url, 'mismatch', data, wrong);
+    expect(res.status).toBe(400);
+    expect(await errorCodes(res)).toEqual(['DIGEST_INVALID']);
+    expect((await fetch(url(`/v2/mismatch/blobs/${wrong}`), { method: 'HEAD' })).status).toBe(404);
+    expect((await fetch(url(`/v2/mismatch/blobs/${sha256(data)}`), { method: 'HEAD' })).status).toBe(404);
+  });
+
+  it('gives DIGEST_INVALID or UNSUPPORTED for bad digests, never a 500', async () => {
+    const location = await startUpload('digests');
+    const malformed = await fetch(url(`${location}?digest=sha256:xyz`), { method: 'PUT' });
+    expect(malformed.status).toBe(400);
+    expect(await errorCodes(malformed)).toEqual(['DIGEST_INVALID']);
+    const md5 = await fetch(url(`${location}?digest=md5:d41d8cd98f00b204e9800998ecf8427e`), { method: 'PUT' });
+    expect(md5.status).toBe(400);
+    expect(await errorCodes(md5)).toEqual(['UNSUPPORTED']);
+    const missing = await fetch(url(location), { method: 'PUT' });
+    expect(await errorCodes(missing)).toEqual(['DIGEST_INVALID']);
+    const head = await fetch(url('/v2/digests/blobs/sha256:nothex'), { method: 'HEAD' });
+    expect(head.status).toBe(400);
+  });
+
+  it('accepts sha512 digests', async () => {
+    const { createHash } = await import('node:crypto');
+    const data = Buffer.from('sha512 content');
+    const digest = `sha512:${createHash('sha512').update(data).digest('hex')}`;
+    const res = await pushBlob(t.url, 'sha512', data, digest);
+    expect(res.status).toBe(201);
+    expect((await fetch(url(`/v2/sha512/blobs/${digest}`), { method: 'HEAD' })).headers.get('content-length')).toBe(
+      String(data.length),
+    );
+  });
+
+  it('cancels an upload: 204, then BLOB_UPLOAD_UNKNOWN', async () => {
+    const location = await startUpload('cancel');
+    await fetch(url(location), { method: 'PATCH', body: Buffer.alloc(100) });
+    expect((await fetch(url(location), { method: 'DELETE' })).status).toBe(204);
+    const res = await fetch(url(location));
+    expect(res.status).toBe(404);
+    expect(await errorCodes(res)).toEqual(['BLOB_UPLOAD_UNKNOWN']);
+    expect((await fetch(url('/v2/cancel/blobs/uploads/not-a-uuid'))).status).toBe(404);
+  });
+
+  it('keeps blobs per repository, mounts across and unlinks', async () => {
+    const { data, digest } = randomBlob(5000);
+    expect((await pushBlob(t.url, 'src', data)).status).toBe(201);
+    expect((await fetch(url(`/v2/other/blobs/${digest}`), { method: 'HEAD' })).status).toBe(404);
+    const mount = await fetch(url(`/v2/dst/blobs/uploads/?mount=${digest}&from=src`), { method: 'POST' });
+    expect(mount.status).toBe(201);
+    expect(mount.headers.get('location')).toBe(`/v2/dst/blobs/${digest}`);
+    expect((await fetch(url(`/v2/dst/blobs/${digest}`), { method: 'HEAD' })).status).toBe(200);
+    const noMount = await fetch(url(`/v2/dst2/blobs/uploads/?mount=${digest}&from=other`), { method: 'POST' });
+    expect(noMount.status).toBe(202);
+    expect((await fetch(url(`/v2/dst/blobs/${digest}`), { method: 'DELETE' })).status).toBe(202);
+    expect((await fetch(url(`/v2/dst/blobs/${digest}`), { method: 'HEAD' })).status).toBe(404);
+    expect((await fetch(url(`/v2/src/blobs/${digest}`), { method: 'HEAD' })).status).toBe(200);
+    const again = await fetch(url(`/v2/dst/blobs/${digest}`), { method: 'DELETE' });
+    expect(await errorCodes(again)).toEqual(['BLOB_UNKNOWN']);
+  });
+
+  it('gives NAME_INVALID for a bad repository name and a JSON 404 for unknown routes', async () => {
+    const bad = await fetch(url('/v2/Bad_Name/blobs/uploads/'), { method: 'POST' });
+    expect(bad.status).toBe(400);
+    expect(await errorCodes(bad)).toEqual(['NAME_INVALID']);
+    const unknown = await fetch(url('/v2/a/nothing/here'));
+    expect(unknown.status).toBe(404);
+    expect(unknown.headers.get('content-type')).toMatch(/application\/json/);
+    const head = await fetch(url('/v2/a/nothing/here'), { method: 'HEAD' });
+    expect(head.status).toBe(404);
+    expect(await head.text()).toBe('');
+  });
+
+  it('stores an empty blob', async () => {
+    const res = await pushBlob(t.url, 'empty', Buffer.alloc(0));
+    expect(res.status).toBe(201);
+    const get = await fetch(url(`/v2/empty/blobs/${sha256('')}`));
+    expect(get.status).toBe(200);
+    expect((await get.arrayBuffer()).byteLength).toBe(0);
+  });
+
+  it('records every step as an event with request metadata', async () => {
+    const { data, digest } = randomBlob(10);
+    await pushBlob(t.url, 'audited', data);
+    const events = await t.database.db
+      .selectFrom('events')
+      .select(['type', 'actor', 'subject', 'request_id', 'user_agent'])
+      .where('repository', '=', 'audited')
+      .orderBy('seq')
+      .execute();
+    expect(events.map((e) => e.type)).toEqual(['upload.started', 'upload.chunk', 'upload.committed']);
+    expect(events[2]!.subject).toBe(digest);
+    for (const e of events) {
+      expect(e.actor).toBe('anonymous');
+      expect(e.request_id).toBeTruthy();
+    }
+  });
+});
