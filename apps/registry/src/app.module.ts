@@ -6,6 +6,10 @@ import { RegistryModule } from './registry.module';
 import type { Runtime } from './runtime';
 import { BaseController } from './v2/base.controller';
 import { BlobsController } from './v2/blobs.controller';
+import { CatalogController } from './v2/catalog.controller';
+import { ManifestsController } from './v2/manifests.controller';
+import { ReferrersController } from './v2/referrers.controller';
+import { TagsController } from './v2/tags.controller';
 import { UploadsController } from './v2/uploads.controller';
 
 @Module({})
@@ -17,7 +21,16 @@ export class AppModule {
         RegistryModule.register(runtime),
         ...(runtime.config.jobsEnabled ? [ScheduleModule.forRoot(), JobsModule] : []),
       ],
-      controllers: [HealthController, BaseController, UploadsController, BlobsController],
+      controllers: [
+        HealthController,
+        BaseController,
+        CatalogController,
+        UploadsController,
+        BlobsController,
+        ManifestsController,
+        TagsController,
+        ReferrersController,
+      ],
     };
   }
 }

@@ -1,5 +1,11 @@
 import { type DynamicModule, Global, Module } from '@nestjs/common';
-import { BlobService, RepositoryStore, UploadService } from '@strata/registry';
+import {
+  BlobService,
+  CatalogService,
+  ManifestService,
+  RepositoryStore,
+  UploadService,
+} from '@strata/registry';
 import type { Runtime } from './runtime';
 import { CONFIG, DB, LOGGER, POOL, RUNTIME, STORAGE } from './tokens';
 
@@ -21,15 +27,38 @@ export class RegistryModule {
         {
           provide: UploadService,
           inject: [RepositoryStore],
-          useFactory: (repos: RepositoryStore) => new UploadService(runtime.db, runtime.storage, repos, runtime.logger),
+          useFactory: (repos: RepositoryStore) =>
+            new UploadService(runtime.db, runtime.storage, repos, runtime.logger),
         },
         {
           provide: BlobService,
           inject: [RepositoryStore],
           useFactory: (repos: RepositoryStore) => new BlobService(runtime.db, runtime.storage, repos),
         },
+        {
+          provide: ManifestService,
+          inject: [RepositoryStore],
+          useFactory: (repos: RepositoryStore) => new ManifestService(runtime.db, repos),
+        },
+        {
+          provide: CatalogService,
+          inject: [RepositoryStore],
+          useFactory: (repos: RepositoryStore) => new CatalogService(runtime.db, repos),
+        },
       ],
-      exports: [RUNTIME, CONFIG, DB, POOL, STORAGE, LOGGER, RepositoryStore, UploadService, BlobService],
+      exports: [
+        RUNTIME,
+        CONFIG,
+        DB,
+        POOL,
+        STORAGE,
+        LOGGER,
+        RepositoryStore,
+        UploadService,
+        BlobService,
+        ManifestService,
+        CatalogService,
+      ],
     };
   }
 }

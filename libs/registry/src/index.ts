@@ -1,3 +1,5 @@
 export * from './blob.service';
+export * from './catalog.service';
+export * from './manifest.service';
 export * from './repository.store';
 export * from './upload.service';

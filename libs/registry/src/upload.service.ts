@@ -243,8 +243,18 @@ export class UploadService {
     try {
       created = await this.db.transaction().execute(async (tx) => {
         if (!existing && key === null) {
-          key = blobKey(hex);
-          await this.storage.compose(key, chunks.map((c) => c.storage_key), tx);
+          // Identical commits wait for each other here, so only the first copies bytes inside the database;
+          // the others find its row and link it. Waiting, not losing: every one of them still answers 201.
+          await sql`SELECT pg_advisory_xact_lock(hashtextextended(${digest}, 0))`.execute(tx);
+          const raced = await tx
+            .selectFrom('blobs')
+            .select('digest')
+            .where('digest', '=', digest)
+            .executeTakeFirst();
+          if (!raced) {
+            key = blobKey(hex);
+            await this.storage.compose(key, chunks.map((c) => c.storage_key), tx);
+          }
         }
         let inserted = false;
         if (key !== null) {

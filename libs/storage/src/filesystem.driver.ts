@@ -1,13 +1,13 @@
 import { constants, createReadStream } from 'node:fs';
 import { link, lstat, mkdir, open, readdir, rename, rm, stat, writeFile, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { PassThrough, type Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { Readable } from 'node:stream';
 import { assertKey, type BlobStorage, type ByteRange } from './blob-storage';
 import { nonce } from './paths';
 
 /** Flush written data every this many bytes while a write goes on, so the final fsync has little left to do. */
 const SYNC_EVERY = 32 * 1024 * 1024;
+const STALE_TEMP_MS = 24 * 3600 * 1000;
 const PREFIXES = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 
 async function fsyncDir(dir: string): Promise<void> {
@@ -37,18 +37,31 @@ export class FilesystemDriver implements BlobStorage {
   private readonly tmp: string;
 
   constructor(private readonly root: string) {
-    this.tmp = join(root, 'tmp');
+    // Each process writes under its own directory: replicas share the root, and one starting must not remove
+    // another's writes in progress.
+    this.tmp = join(root, 'tmp', nonce());
   }
 
   async init(): Promise<void> {
-    await rm(this.tmp, { recursive: true, force: true });
     await mkdir(this.tmp, { recursive: true });
+    await this.removeStaleTemp();
     for (const top of ['blobs', 'uploads']) {
       await mkdir(join(this.root, top), { recursive: true });
       await Promise.all(PREFIXES.map((p) => mkdir(join(this.root, top, p), { recursive: true })));
       await fsyncDir(join(this.root, top));
     }
     await fsyncDir(this.root);
+  }
+
+  /** Partial writes of processes that died: temp directories untouched for a day. */
+  private async removeStaleTemp(): Promise<void> {
+    const top = dirname(this.tmp);
+    const cutoff = Date.now() - STALE_TEMP_MS;
+    for (const name of await readdir(top)) {
+      const dir = join(top, name);
+      const st = await stat(dir).catch(() => null);
+      if (st && dir !== this.tmp && st.mtimeMs < cutoff) await rm(dir, { recursive: true, force: true });
+    }
   }
 
   private path(key: string): string {
@@ -149,8 +162,7 @@ export class FilesystemDriver implements BlobStorage {
     const total = parts.reduce((n, p) => n + p.size, 0);
     const from = range?.start ?? 0;
     const to = range?.end ?? total - 1;
-    const out = new PassThrough({ highWaterMark: 256 * 1024 });
-    const pump = async (): Promise<void> => {
+    async function* concat(): AsyncGenerator<Buffer> {
       for (const p of parts) {
         const pEnd = p.start + p.size - 1;
         if (pEnd < from || p.start > to || p.size === 0) continue;
@@ -159,12 +171,10 @@ export class FilesystemDriver implements BlobStorage {
           end: Math.min(to, pEnd) - p.start,
           highWaterMark: 256 * 1024,
         });
-        await pipeline(s, out, { end: false });
+        for await (const chunk of s) yield chunk as Buffer;
       }
-      out.end();
-    };
-    pump().catch((e: unknown) => out.destroy(e as Error));
-    return out;
+    }
+    return Readable.from(concat(), { objectMode: false, highWaterMark: 256 * 1024 });
   }
 
   async size(key: string): Promise<number | null> {

@@ -10,7 +10,8 @@ import { randomBytes } from 'node:crypto';
  *   │       └── <offset, 16 digits>         one file per part, named by where it starts
  *   ├── uploads/<id[0:2]>/
  *   │   └── <upload id>.<offset>.<nonce>  one accepted chunk of an upload
- *   └── tmp/                              partial writes, renamed into place once durable; emptied at start
+ *   └── tmp/<process nonce>/              partial writes, renamed into place once durable; a dead process's
+ *                                         directory is removed after a day
  *
  * Every key carries a random nonce, so two writers of the same digest or the same upload offset never share a
  * key. The PostgreSQL driver uses the same keys as names of its large objects.

@@ -10,7 +10,11 @@ export class BlobsController {
   constructor(private readonly blobs: BlobService) {}
 
   @Head(':digest')
-  async head(@Param('name') name: string, @Param('digest') digest: string, @Res() reply: FastifyReply): Promise<void> {
+  async head(
+    @Param('name') name: string,
+    @Param('digest') digest: string,
+    @Res() reply: FastifyReply,
+  ): Promise<void> {
     const blob = await this.blobs.stat(name, digest);
     await reply
       .code(200)
@@ -40,10 +44,17 @@ export class BlobsController {
       ETag: `"${blob.digest}"`,
     };
     if (range === 'unsatisfiable') {
-      throw new RegistryError('RANGE_INVALID', { size: blob.size }, { 'Content-Range': `bytes */${blob.size}` });
+      throw new RegistryError(
+        'RANGE_INVALID',
+        { size: blob.size },
+        { 'Content-Range': `bytes */${blob.size}` },
+      );
     }
     if (blob.size === 0) {
-      await reply.code(200).headers({ ...headers, 'Content-Length': '0' }).send('');
+      await reply
+        .code(200)
+        .headers({ ...headers, 'Content-Length': '0' })
+        .send('');
       return;
     }
     const stream = await this.blobs.open(blob, range ?? undefined);
@@ -58,7 +69,10 @@ export class BlobsController {
         .send(stream);
       return;
     }
-    await reply.code(200).headers({ ...headers, 'Content-Length': String(blob.size) }).send(stream);
+    await reply
+      .code(200)
+      .headers({ ...headers, 'Content-Length': String(blob.size) })
+      .send(stream);
   }
 
   @Delete(':digest')

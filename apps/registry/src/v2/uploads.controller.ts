@@ -33,7 +33,10 @@ export class UploadsController {
     const mount = single(query.mount);
     const from = single(query.from);
     if (mount !== undefined && from !== undefined && (await this.blobs.mount(name, mount, from, meta))) {
-      await reply.code(201).headers({ Location: blobLocation(name, mount), 'Docker-Content-Digest': mount }).send();
+      await reply
+        .code(201)
+        .headers({ Location: blobLocation(name, mount), 'Docker-Content-Digest': mount })
+        .send();
       return;
     }
     const digest = single(query.digest);
@@ -70,7 +73,11 @@ export class UploadsController {
     const upload = await this.uploads.append(name, id, body, range, requestMeta(req));
     await reply
       .code(202)
-      .headers({ Location: uploadLocation(name, id), 'Docker-Upload-UUID': id, Range: uploadRange(upload.size) })
+      .headers({
+        Location: uploadLocation(name, id),
+        'Docker-Upload-UUID': id,
+        Range: uploadRange(upload.size),
+      })
       .send();
   }
 
@@ -93,12 +100,20 @@ export class UploadsController {
   }
 
   @Get(':id')
-  async status(@Param('name') name: string, @Param('id') id: string, @Res() reply: FastifyReply): Promise<void> {
+  async status(
+    @Param('name') name: string,
+    @Param('id') id: string,
+    @Res() reply: FastifyReply,
+  ): Promise<void> {
     await this.sendStatus(name, id, reply);
   }
 
   @Head(':id')
-  async statusHead(@Param('name') name: string, @Param('id') id: string, @Res() reply: FastifyReply): Promise<void> {
+  async statusHead(
+    @Param('name') name: string,
+    @Param('id') id: string,
+    @Res() reply: FastifyReply,
+  ): Promise<void> {
     await this.sendStatus(name, id, reply);
   }
 
@@ -107,7 +122,11 @@ export class UploadsController {
     const upload = await this.uploads.status(name, id);
     await reply
       .code(204)
-      .headers({ Location: uploadLocation(name, id), 'Docker-Upload-UUID': id, Range: uploadRange(upload.size) })
+      .headers({
+        Location: uploadLocation(name, id),
+        'Docker-Upload-UUID': id,
+        Range: uploadRange(upload.size),
+      })
       .send();
   }
 

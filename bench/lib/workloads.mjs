@@ -1,0 +1,339 @@
+// The workloads, each run the same way against either server. Every workload returns
+// { metrics: { key: number }, profile } where profile covers only the timed part.
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, existsSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import { join } from 'node:path';
+import { expectStatus, percentile, profile, request, runClosedLoop, sha256, snapshot, withQuery } from './util.mjs';
+
+const OCTET = 'application/octet-stream';
+const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+const OCI_CONFIG = 'application/vnd.oci.image.config.v1+json';
+const OCI_LAYER = 'application/vnd.oci.image.layer.v1.tar';
+
+const keepAliveAgent = () => new http.Agent({ keepAlive: true, maxSockets: 32, maxFreeSockets: 32 });
+
+/** Times `fn` and profiles the server (and PostgreSQL, this client, skopeo) meanwhile. */
+async function profiled(server, fn) {
+  const a = snapshot(server.pid, server.db);
+  const value = await fn();
+  const b = snapshot(server.pid, server.db);
+  return { value, profile: profile(a, b) };
+}
+
+async function startUpload(server, repo, agent) {
+  const res = await request(server.base, { method: 'POST', path: `/v2/${repo}/blobs/uploads/`, agent });
+  expectStatus(res, 202, `POST /v2/${repo}/blobs/uploads/`);
+  if (!res.headers.location) throw new Error('POST upload: no Location header');
+  return res.headers.location;
+}
+
+/** POST, then one PUT ?digest= carrying the whole blob streamed from disk. */
+async function monolithicUpload(server, repo, file) {
+  const location = await startUpload(server, repo);
+  const res = await request(server.base, {
+    method: 'PUT',
+    path: withQuery(location, 'digest', file.digest),
+    headers: { 'Content-Type': OCTET, 'Content-Length': file.size },
+    body: createReadStream(file.path, { highWaterMark: 1024 * 1024 }),
+  });
+  expectStatus(res, 201, 'PUT upload ?digest');
+  checkDigestHeader(res, file.digest);
+}
+
+/** POST, PATCHes of `chunk` bytes with Content-Range, then PUT ?digest= with no body. */
+async function chunkedUpload(server, repo, file, chunk) {
+  let location = await startUpload(server, repo);
+  for (let start = 0; start < file.size; start += chunk) {
+    const end = Math.min(file.size, start + chunk) - 1;
+    const res = await request(server.base, {
+      method: 'PATCH',
+      path: location,
+      headers: { 'Content-Type': OCTET, 'Content-Length': end - start + 1, 'Content-Range': `${start}-${end}` },
+      body: createReadStream(file.path, { start, end, highWaterMark: 1024 * 1024 }),
+    });
+    expectStatus(res, 202, `PATCH ${start}-${end}`);
+    if (res.headers.location) location = res.headers.location;
+  }
+  const res = await request(server.base, {
+    method: 'PUT',
+    path: withQuery(location, 'digest', file.digest),
+    headers: { 'Content-Length': 0 },
+  });
+  expectStatus(res, 201, 'PUT upload ?digest (after PATCHes)');
+  checkDigestHeader(res, file.digest);
+}
+
+function checkDigestHeader(res, digest) {
+  const got = res.headers['docker-content-digest'];
+  if (got && got !== digest) throw new Error(`Docker-Content-Digest ${got}, expected ${digest}`);
+}
+
+/** GET the blob, hashing the stream; follows one redirect. */
+async function download(server, repo, file) {
+  const hash = createHash('sha256');
+  let path = `/v2/${repo}/blobs/${file.digest}`;
+  for (let hop = 0; hop < 3; hop++) {
+    const res = await request(server.base, { path, sink: (c) => hash.update(c) });
+    if ([301, 302, 303, 307, 308].includes(res.status) && res.headers.location) {
+      path = res.headers.location;
+      continue;
+    }
+    expectStatus(res, 200, `GET blob`);
+    const digest = `sha256:${hash.digest('hex')}`;
+    if (res.bytes !== file.size) throw new Error(`GET blob: ${res.bytes} bytes, expected ${file.size}`);
+    if (digest !== file.digest) throw new Error(`GET blob: digest ${digest}, expected ${file.digest}`);
+    return;
+  }
+  throw new Error('GET blob: too many redirects');
+}
+
+async function pushSmallBlob(server, repo, blob, agent) {
+  const location = await startUpload(server, repo, agent);
+  const res = await request(server.base, {
+    method: 'PUT',
+    path: withQuery(location, 'digest', blob.digest),
+    headers: { 'Content-Type': OCTET },
+    body: blob.data,
+    agent,
+  });
+  expectStatus(res, 201, 'PUT small blob');
+}
+
+function loopError(what, r) {
+  if (r.errors === 0) return;
+  throw new Error(`${what}: ${r.errors} of ${r.errors + r.count} requests failed; first: ${r.firstError?.message}`);
+}
+
+// ---- workloads --------------------------------------------------------------------------------------------
+
+export async function monolithic(server, ctx) {
+  await monolithicUpload(server, 'bench/warm', ctx.files.warm); // warm-up
+  const { value: seconds, profile: p } = await profiled(server, async () => {
+    const t0 = performance.now();
+    await monolithicUpload(server, 'bench/big', ctx.files.mono);
+    return (performance.now() - t0) / 1000;
+  });
+  return { metrics: { monoMBps: ctx.files.mono.size / 1e6 / seconds }, profile: p };
+}
+
+export async function chunked(server, ctx) {
+  await chunkedUpload(server, 'bench/warm-chunked', ctx.files.warm, ctx.sizes.chunk); // warm-up
+  const { value: seconds, profile: p } = await profiled(server, async () => {
+    const t0 = performance.now();
+    await chunkedUpload(server, 'bench/big', ctx.files.chunked, ctx.sizes.chunk);
+    return (performance.now() - t0) / 1000;
+  });
+  return { metrics: { chunkedMBps: ctx.files.chunked.size / 1e6 / seconds }, profile: p };
+}
+
+export async function downloadWorkload(server, ctx) {
+  // Whichever big blob the upload workloads managed to store.
+  let file = ctx.files.mono;
+  const head = await request(server.base, { method: 'HEAD', path: `/v2/bench/big/blobs/${file.digest}` });
+  if (head.status !== 200) {
+    file = ctx.files.chunked;
+    const h2 = await request(server.base, { method: 'HEAD', path: `/v2/bench/big/blobs/${file.digest}` });
+    if (h2.status !== 200) {
+      await monolithicUpload(server, 'bench/big', file);
+    }
+  }
+  await download(server, 'bench/warm', ctx.files.warm); // warm-up
+  const times = [];
+  const { profile: p } = await profiled(server, async () => {
+    for (let i = 0; i < ctx.sizes.downloadRuns; i++) {
+      const t0 = performance.now();
+      await download(server, 'bench/big', file);
+      times.push((performance.now() - t0) / 1000);
+    }
+  });
+  times.sort((a, b) => a - b);
+  const med = times[Math.floor(times.length / 2)];
+  return { metrics: { downloadMBps: file.size / 1e6 / med }, profile: p };
+}
+
+export async function smallBlobs(server, ctx) {
+  const agent = keepAliveAgent();
+  try {
+    const warm = await runClosedLoop({
+      concurrency: 32,
+      items: ctx.smallBlobs.warm,
+      op: (b) => pushSmallBlob(server, 'bench/small', b, agent),
+    });
+    loopError('warm-up', warm);
+    const { value: r, profile: p } = await profiled(server, () =>
+      runClosedLoop({ concurrency: 32, items: ctx.smallBlobs.timed, op: (b) => pushSmallBlob(server, 'bench/small', b, agent) }),
+    );
+    loopError('small blobs', r);
+    return {
+      metrics: { smallBlobsPerSec: r.count / (r.elapsedMs / 1000), smallP99: percentile(r.latencies, 99) },
+      profile: p,
+    };
+  } finally {
+    agent.destroy();
+  }
+}
+
+export async function headBlob(server, ctx) {
+  const agent = keepAliveAgent();
+  const blob = ctx.smallBlobs.head;
+  try {
+    await pushSmallBlob(server, 'bench/head', blob, agent);
+    const path = `/v2/bench/head/blobs/${blob.digest}`;
+    const op = async () => {
+      const res = await request(server.base, { method: 'HEAD', path, agent, sink: 'discard' });
+      if (res.status !== 200) throw new Error(`HEAD blob: HTTP ${res.status}`);
+    };
+    loopError('warm-up', await runClosedLoop({ concurrency: 32, durationMs: ctx.sizes.warmMs, op }));
+    const { value: r, profile: p } = await profiled(server, () =>
+      runClosedLoop({ concurrency: 32, durationMs: ctx.sizes.durationMs, op }),
+    );
+    loopError('HEAD blob', r);
+    return { metrics: { headRps: r.count / (r.elapsedMs / 1000), headP99: percentile(r.latencies, 99) }, profile: p };
+  } finally {
+    agent.destroy();
+  }
+}
+
+const MANIFEST_REPO = 'bench/manifests';
+
+function makeManifests(config, layer, prefix, count) {
+  return Array.from({ length: count }, (_, i) => {
+    const body = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: OCI_MANIFEST,
+        config: { mediaType: OCI_CONFIG, digest: config.digest, size: config.data.length },
+        layers: [{ mediaType: OCI_LAYER, digest: layer.digest, size: layer.data.length }],
+        annotations: { 'org.example.bench.index': `${prefix}-${i}` },
+      }),
+    );
+    return { tag: `${prefix}-${i}`, body, digest: sha256(body) };
+  });
+}
+
+async function putManifest(server, m, agent) {
+  const res = await request(server.base, {
+    method: 'PUT',
+    path: `/v2/${MANIFEST_REPO}/manifests/${m.tag}`,
+    headers: { 'Content-Type': OCI_MANIFEST },
+    body: m.body,
+    agent,
+  });
+  expectStatus(res, 201, `PUT manifest ${m.tag}`);
+  checkDigestHeader(res, m.digest);
+}
+
+/** Manifest PUTs by tag with 8 workers, then GETs by tag with 32 clients. */
+export async function manifests(server, ctx) {
+  const agent = keepAliveAgent();
+  try {
+    const configData = Buffer.from(
+      JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, created: new Date(0).toISOString() }),
+    );
+    const layerData = randomBytes(64 * 1024);
+    const config = { data: configData, digest: sha256(configData) };
+    const layer = { data: layerData, digest: sha256(layerData) };
+    const cfg = JSON.parse(configData);
+    cfg.rootfs.diff_ids = [layer.digest];
+    config.data = Buffer.from(JSON.stringify(cfg));
+    config.digest = sha256(config.data);
+    await pushSmallBlob(server, MANIFEST_REPO, config, agent);
+    await pushSmallBlob(server, MANIFEST_REPO, layer, agent);
+
+    const warm = makeManifests(config, layer, 'warm', 10);
+    const timed = makeManifests(config, layer, 'tag', ctx.sizes.manifests);
+    loopError('manifest PUT warm-up', await runClosedLoop({ concurrency: 8, items: warm, op: (m) => putManifest(server, m, agent) }));
+    const { value: put, profile: putProfile } = await profiled(server, () =>
+      runClosedLoop({ concurrency: 8, items: timed, op: (m) => putManifest(server, m, agent) }),
+    );
+    loopError('manifest PUT', put);
+
+    let i = 0;
+    const get = async () => {
+      const m = timed[i++ % timed.length];
+      const res = await request(server.base, {
+        path: `/v2/${MANIFEST_REPO}/manifests/${m.tag}`,
+        headers: { Accept: OCI_MANIFEST },
+        agent,
+        sink: 'discard',
+      });
+      if (res.status !== 200) throw new Error(`GET manifest ${m.tag}: HTTP ${res.status}`);
+      if (res.bytes !== m.body.length) throw new Error(`GET manifest ${m.tag}: ${res.bytes} bytes, expected ${m.body.length}`);
+    };
+    loopError('manifest GET warm-up', await runClosedLoop({ concurrency: 32, durationMs: ctx.sizes.warmMs, op: get }));
+    const { value: g, profile: getProfile } = await profiled(server, () =>
+      runClosedLoop({ concurrency: 32, durationMs: ctx.sizes.durationMs, op: get }),
+    );
+    loopError('manifest GET', g);
+    return {
+      parts: {
+        manifestPut: { metrics: { manifestPutPerSec: put.count / (put.elapsedMs / 1000) }, profile: putProfile },
+        manifestGet: {
+          metrics: { manifestGetRps: g.count / (g.elapsedMs / 1000), manifestGetP99: percentile(g.latencies, 99) },
+          profile: getProfile,
+        },
+      },
+    };
+  } finally {
+    agent.destroy();
+  }
+}
+
+function runSkopeo(args, timeoutMs = 300_000) {
+  return new Promise((resolve, reject) => {
+    const child = spawn('skopeo', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c) => (stderr = (stderr + c).slice(-2000)));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve();
+      else reject(new Error(`skopeo ${args[0]} failed (${code ?? signal}): ${stderr.trim().split('\n').slice(-2).join(' ').slice(0, 300)}`));
+    });
+  });
+}
+
+// --preserve-digests and --dest-oci-accept-uncompressed-layers keep skopeo from gzip-compressing the random,
+// uncompressed layers on the way (it would otherwise spend its time in gzip, not in the registry).
+export async function skopeoPush(server, ctx) {
+  const dest = `docker://127.0.0.1:${server.port}/bench/img:latest`;
+  const args = ['copy', '--quiet', '--policy', ctx.skopeo.policy, '--preserve-digests', '--dest-tls-verify=false', `oci:${ctx.skopeo.layout.dir}:latest`, dest];
+  const { value: seconds, profile: p } = await profiled(server, async () => {
+    const t0 = performance.now();
+    await runSkopeo(args);
+    return (performance.now() - t0) / 1000;
+  });
+  return { metrics: { skopeoPushSec: seconds }, profile: p };
+}
+
+export async function skopeoPull(server, ctx) {
+  const out = join(ctx.tmp, `pulled-${server.name}`);
+  rmSync(out, { recursive: true, force: true });
+  const src = `docker://127.0.0.1:${server.port}/bench/img:latest`;
+  const args = [
+    'copy',
+    '--quiet',
+    '--policy',
+    ctx.skopeo.policy,
+    '--preserve-digests',
+    '--dest-oci-accept-uncompressed-layers',
+    '--src-tls-verify=false',
+    src,
+    `oci:${out}:latest`,
+  ];
+  try {
+    const { value: seconds, profile: p } = await profiled(server, async () => {
+      const t0 = performance.now();
+      await runSkopeo(args);
+      return (performance.now() - t0) / 1000;
+    });
+    const manifest = ctx.skopeo.layout.manifestDigest.slice('sha256:'.length);
+    if (!existsSync(join(out, 'blobs', 'sha256', manifest))) throw new Error('pulled image lacks the pushed manifest');
+    return { metrics: { skopeoPullSec: seconds }, profile: p };
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,297 @@
+#!/usr/bin/env node
+// Strata vs. the reference registry (Debian's docker-registry, distribution 2.8): the same workloads against
+// each, one server at a time, printed as one markdown table. `npm run bench`; BENCH_QUICK=1 for a smoke run;
+// BENCH_SERVERS=strata (or reference) to run one side only.
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { buildOciLayout } from './lib/oci-layout.mjs';
+import { createBenchDatabase, ensureTools, startReference, startStrata, stopProcess, toolVersions } from './lib/servers.mjs';
+import { MiB, peakRssMiB, sha256, waitQuiet, writeRandomFile } from './lib/util.mjs';
+import * as W from './lib/workloads.mjs';
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const ROOT = resolve(HERE, '..');
+const QUICK = /^(1|true|yes)$/i.test(process.env.BENCH_QUICK ?? '');
+// Seconds to wait, before each workload, for other processes on the machine to go quiet.
+const QUIET_WAIT_S = Number(process.env.BENCH_QUIET_WAIT ?? (QUICK ? 3 : 20));
+const SERVERS = (process.env.BENCH_SERVERS ?? 'reference,strata').split(',').map((s) => s.trim());
+
+const SIZES = QUICK
+  ? { big: 64 * MiB, warm: 4 * MiB, chunk: 8 * MiB, small: 200, smallWarm: 20, durationMs: 3000, warmMs: 500, manifests: 50, downloadRuns: 3, layers: 4, layerSize: 8 * MiB }
+  : { big: 512 * MiB, warm: 16 * MiB, chunk: 8 * MiB, small: 2000, smallWarm: 100, durationMs: 10_000, warmMs: 1000, manifests: 200, downloadRuns: 3, layers: 4, layerSize: 50 * 1000 * 1000 };
+
+const bigLabel = `${SIZES.big / MiB} MiB`;
+const imageLabel = `~${Math.round((SIZES.layers * SIZES.layerSize) / 1e6)} MB`;
+
+// metric key → how it is shown and judged. higher: bigger is better (ratio strata/ref), else ratio ref/strata.
+const METRICS = [
+  { key: 'monoMBps', label: `monolithic upload, ${bigLabel} (MB/s)`, higher: true, target: 1.15, fmt: 1 },
+  { key: 'chunkedMBps', label: `chunked upload, ${bigLabel} in 8 MiB PATCHes (MB/s)`, higher: true, target: 1.3, fmt: 1 },
+  { key: 'downloadMBps', label: `download ${bigLabel} + digest check, median of ${SIZES.downloadRuns} (MB/s)`, higher: true, target: 1.0, fmt: 1 },
+  { key: 'smallBlobsPerSec', label: `${SIZES.small} × 4 KiB blobs, 32 clients (blobs/s)`, higher: true, target: 3, fmt: 0 },
+  { key: 'smallP99', label: `${SIZES.small} × 4 KiB blobs: p99 latency per blob (ms)`, higher: false, target: null, fmt: 2 },
+  { key: 'headRps', label: `HEAD blob, 32 clients, ${SIZES.durationMs / 1000} s (req/s)`, higher: true, target: 4, fmt: 0 },
+  { key: 'headP99', label: 'HEAD blob: p99 latency (ms)', higher: false, target: null, fmt: 2 },
+  { key: 'manifestPutPerSec', label: `PUT ${SIZES.manifests} tagged manifests, 8 workers (PUT/s)`, higher: true, target: 2, fmt: 0 },
+  { key: 'manifestGetRps', label: `GET manifest by tag, 32 clients, ${SIZES.durationMs / 1000} s (req/s)`, higher: true, target: 4, fmt: 0 },
+  { key: 'manifestGetP99', label: 'GET manifest by tag: p99 latency (ms)', higher: false, target: null, fmt: 2 },
+  { key: 'skopeoPushSec', label: `skopeo push, ${imageLabel} image (s)`, higher: false, target: 1.0, fmt: 2 },
+  { key: 'skopeoPullSec', label: `skopeo pull, ${imageLabel} image (s)`, higher: false, target: 1.0, fmt: 2 },
+  { key: 'peakRssMiB', label: 'server peak RSS, VmHWM (MiB)', higher: false, target: null, fmt: 0 },
+];
+
+// workload name → function and the metric keys it yields (a failure marks all of them).
+const WORKLOADS = [
+  { name: 'monolithic upload', fn: W.monolithic, keys: ['monoMBps'] },
+  { name: 'chunked upload', fn: W.chunked, keys: ['chunkedMBps'] },
+  { name: 'download', fn: W.downloadWorkload, keys: ['downloadMBps'] },
+  { name: 'small blobs', fn: W.smallBlobs, keys: ['smallBlobsPerSec', 'smallP99'] },
+  { name: 'HEAD blob', fn: W.headBlob, keys: ['headRps', 'headP99'] },
+  {
+    name: 'manifests',
+    fn: W.manifests,
+    keys: ['manifestPutPerSec', 'manifestGetRps', 'manifestGetP99'],
+    parts: { manifestPut: 'manifest PUT', manifestGet: 'manifest GET' },
+  },
+  { name: 'skopeo push', fn: W.skopeoPush, keys: ['skopeoPushSec'] },
+  { name: 'skopeo pull', fn: W.skopeoPull, keys: ['skopeoPullSec'] },
+];
+
+const log = (msg) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+
+// ---- cleanup, also on failure and Ctrl-C ------------------------------------------------------------------
+
+const cleanups = [];
+let cleaning = null;
+function cleanup() {
+  cleaning ??= (async () => {
+    for (const fn of cleanups.splice(0).reverse()) {
+      try {
+        await fn();
+      } catch (e) {
+        log(`cleanup: ${e.message}`);
+      }
+    }
+  })();
+  return cleaning;
+}
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, () => {
+    log(`${sig}: cleaning up`);
+    cleanup().finally(() => process.exit(130));
+  });
+}
+
+// ---- the run ----------------------------------------------------------------------------------------------
+
+async function prepare(tmp) {
+  const files = {};
+  log(`writing random test data to ${tmp} …`);
+  for (const [name, size] of [
+    ['warm', SIZES.warm],
+    ['mono', SIZES.big],
+    ['chunked', SIZES.big],
+  ]) {
+    const path = join(tmp, `${name}.bin`);
+    files[name] = { path, size, digest: await writeRandomFile(path, size) };
+  }
+  const small = (n) =>
+    Array.from({ length: n }, () => {
+      const data = randomBytes(4096);
+      return { data, digest: sha256(data) };
+    });
+  const smallBlobs = { warm: small(SIZES.smallWarm), timed: small(SIZES.small), head: small(1)[0] };
+
+  const layout = await buildOciLayout(join(tmp, 'image'), { layers: SIZES.layers, layerSize: SIZES.layerSize });
+  const policy = join(tmp, 'policy.json');
+  writeFileSync(policy, JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }));
+  return { tmp, files, smallBlobs, sizes: SIZES, skopeo: { layout, policy } };
+}
+
+async function benchServer(name, ctx) {
+  const result = { metrics: {}, errors: {}, profiles: {} };
+  const dir = join(ctx.tmp, name);
+  mkdirSync(dir, { recursive: true });
+  let server;
+  let db;
+  const stop = async () => {
+    if (server) await stopProcess(server.child);
+    server = undefined;
+  };
+  const dropDb = async () => {
+    if (db) await db.drop();
+    db = undefined;
+  };
+  cleanups.push(dropDb, stop);
+  try {
+    if (name === 'reference') server = await startReference({ dir, log });
+    else {
+      db = await createBenchDatabase();
+      log(`database ${db.name}`);
+      server = await startStrata({ root: ROOT, dir, db, log });
+    }
+  } catch (e) {
+    for (const w of WORKLOADS) for (const k of w.keys) result.errors[k] = `server did not start: ${e.message}`;
+    result.errors.peakRssMiB = 'server did not start';
+    await stop();
+    await dropDb();
+    return result;
+  }
+
+  for (const w of WORKLOADS) {
+    if (server.child.exitCode !== null || server.child.signalCode !== null) {
+      for (const k of w.keys) result.errors[k] = `server died (${server.child.exitCode ?? server.child.signalCode})`;
+      continue;
+    }
+    const busy = await waitQuiet(QUIET_WAIT_S * 1000);
+    if (busy >= 15) log(`machine still ${Math.round(busy)}% busy with other work after ${QUIET_WAIT_S} s; measuring anyway`);
+    log(`${name}: ${w.name} …`);
+    try {
+      const out = await w.fn(server, ctx);
+      const parts = out.parts ? Object.entries(out.parts).map(([k, v]) => [w.parts[k], v]) : [[w.name, out]];
+      for (const [label, part] of parts) {
+        Object.assign(result.metrics, part.metrics);
+        result.profiles[label] = part.profile;
+      }
+      log(`${name}: ${w.name}: ${JSON.stringify(Object.fromEntries(w.keys.map((k) => [k, round(result.metrics[k])])))}`);
+    } catch (e) {
+      log(`${name}: ${w.name} FAILED: ${e.message}`);
+      for (const k of w.keys) if (result.metrics[k] === undefined) result.errors[k] = e.message;
+    }
+  }
+  result.metrics.peakRssMiB = peakRssMiB(server.pid);
+  if (server.child.exitCode !== null) log(`${name} log tail:\n${readFileSync(server.logFile, 'utf8').slice(-2000)}`);
+  await stop();
+  await dropDb();
+  return result;
+}
+
+const round = (x) => (typeof x === 'number' ? Math.round(x * 100) / 100 : x);
+
+function fmtNum(x, digits) {
+  if (x === undefined || Number.isNaN(x)) return '—';
+  return x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+const cell = (s) => String(s).replace(/\|/g, '\\|').replace(/\n/g, ' ');
+const short = (msg) => (msg.length > 70 ? `${msg.slice(0, 67)}…` : msg);
+
+function table(results) {
+  const ref = results.reference ?? { metrics: {}, errors: {} };
+  const str = results.strata ?? { metrics: {}, errors: {} };
+  const rows = ['| metric | reference | strata | ratio | target | pass/fail |', '| --- | ---: | ---: | ---: | ---: | --- |'];
+  for (const m of METRICS) {
+    const show = (r) => (r.errors[m.key] ? `error: ${short(r.errors[m.key])}` : fmtNum(r.metrics[m.key], m.fmt));
+    const a = ref.metrics[m.key];
+    const b = str.metrics[m.key];
+    const ok = (x) => typeof x === 'number' && Number.isFinite(x) && x > 0;
+    const ratio = ok(a) && ok(b) ? (m.higher ? b / a : a / b) : undefined;
+    const ratioLabel = m.higher ? 'strata/ref' : 'ref/strata';
+    let verdict;
+    if (str.errors[m.key] || ref.errors[m.key]) verdict = 'error';
+    else if (ratio === undefined) verdict = 'n/a';
+    else if (m.target === null) verdict = 'info';
+    else verdict = ratio >= m.target ? 'pass' : '**FAIL**';
+    rows.push(
+      `| ${cell(m.label)} | ${cell(show(ref))} | ${cell(show(str))} | ${ratio === undefined ? '—' : `${ratio.toFixed(2)}× (${ratioLabel})`} | ${m.target === null ? '—' : `≥ ${m.target}×`} | ${verdict} |`,
+    );
+  }
+  return rows.join('\n');
+}
+
+function profileTable(results) {
+  const rows = [
+    '| workload | server | wall (s) | server CPU | PostgreSQL CPU | bench client CPU | skopeo CPU | other processes CPU | machine idle | iowait | server disk write (MB) |',
+    '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  const labels = [...new Set(Object.values(results).flatMap((r) => Object.keys(r.profiles)))];
+  const pct = (x) => `${Math.round(x)}%`;
+  for (const label of labels) {
+    for (const [name, r] of Object.entries(results)) {
+      const p = r.profiles[label];
+      if (!p) continue;
+      rows.push(
+        `| ${label} | ${name} | ${p.wall.toFixed(2)} | ${pct(p.server)} | ${pct(p.pg)} | ${pct(p.client)} | ${pct(p.children)} | ${pct(p.other)} | ${pct(p.idle)} | ${pct(p.iowait)} | ${Math.round(p.diskWriteMB)} |`,
+      );
+    }
+  }
+  return rows.join('\n');
+}
+
+function errorList(results) {
+  const lines = [];
+  for (const [name, r] of Object.entries(results)) {
+    const seen = new Set();
+    for (const msg of Object.values(r.errors)) {
+      if (seen.has(msg)) continue;
+      seen.add(msg);
+      lines.push(`- ${name}: ${msg.split('\n')[0]}`);
+    }
+  }
+  return lines.join('\n');
+}
+
+async function main() {
+  ensureTools(log);
+  const versions = toolVersions();
+  const tmp = mkdtempSync(join(tmpdir(), 'strata-bench-'));
+  cleanups.push(() => rmSync(tmp, { recursive: true, force: true }));
+  const started = Date.now();
+  const ctx = await prepare(tmp);
+
+  const results = {};
+  for (const name of ['reference', 'strata']) {
+    if (!SERVERS.includes(name)) continue;
+    results[name] = await benchServer(name, ctx);
+  }
+
+  let commit = '?';
+  try {
+    commit = execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim();
+    if (dirty) commit += ' (with uncommitted changes)';
+  } catch {
+    // not a git checkout
+  }
+  const header = [
+    `# Strata benchmark${QUICK ? ' (BENCH_QUICK: reduced sizes)' : ''}`,
+    '',
+    `${new Date().toISOString()} · strata ${commit} · node ${process.version} · reference: ${versions.registry} · ${versions.skopeo} · ` +
+      `${cpus().length} × ${cpus()[0]?.model.trim() ?? 'CPU'} · ${Math.round((Date.now() - started) / 1000)} s`,
+    '',
+    'Ratio: strata/reference for throughput, reference/strata for times, latencies and memory (so > 1 is always Strata ahead). ' +
+      'Targets apply to the headline metric of each workload; p99 and memory rows are for information.',
+    '',
+  ].join('\n');
+  const errors = errorList(results);
+  const doc = [
+    header,
+    table(results),
+    '',
+    '## Where the time goes',
+    '',
+    'CPU as % of one core over the timed part (the machine has ' +
+      `${cpus().length}); machine idle and iowait as % of all cores; PostgreSQL is the backends of the bench database plus the server's background processes; ` +
+      '"other processes" is busy CPU none of those account for (kernel softirq work, or other jobs on a shared machine: numbers with much of it are suspect).',
+    '',
+    profileTable(results),
+    '',
+    ...(errors ? ['## Errors', '', errors, ''] : []),
+  ].join('\n');
+  process.stdout.write(`${doc}\n`);
+  writeFileSync(join(HERE, 'results.md'), `${doc}\n`);
+  log(`written ${join(HERE, 'results.md')}`);
+}
+
+main()
+  .then(() => cleanup())
+  .then(() => process.exit(0))
+  .catch(async (e) => {
+    log(`failed: ${e.stack ?? e.message}`);
+    await cleanup();
+    process.exit(1);
+  });

@@ -1,0 +1,436 @@
+import { createHash } from 'node:crypto';
+import { sql } from 'kysely';
+import type { Db, Tx } from '@strata/db';
+import { EventStore, type RequestMeta } from '@strata/events';
+import {
+  assertName,
+  isValidTag,
+  looksLikeDigest,
+  MAX_MANIFEST_BYTES,
+  type ParsedDigest,
+  type ParsedManifest,
+  parseDigest,
+  parseManifest,
+  RegistryError,
+} from '@strata/oci';
+import type { RepositoryStore } from './repository.store';
+
+export type ManifestReferenceTarget = { readonly tag: string } | { readonly digest: ParsedDigest };
+
+export interface ManifestInfo {
+  readonly digest: string;
+  readonly mediaType: string;
+  readonly size: number;
+}
+
+export interface StoredManifest extends ManifestInfo {
+  /** The exact bytes that were pushed. */
+  readonly content: Buffer;
+}
+
+export interface PushedManifest {
+  readonly digest: string;
+  readonly subject: string | null;
+}
+
+/**
+ * A URL reference: a digest (malformed ones refused with DIGEST_INVALID), else a tag. A string that is neither
+ * gives null, which a read treats as unknown and a push refuses with TAG_INVALID.
+ */
+export function parseReference(reference: string): ManifestReferenceTarget | null {
+  if (looksLikeDigest(reference)) return { digest: parseDigest(reference) };
+  return isValidTag(reference) ? { tag: reference } : null;
+}
+
+/**
+ * Reads at most `limit` bytes. The first byte past it stops the read with MANIFEST_TOO_LARGE, and the iterator is
+ * left unreturned on purpose: returning it would destroy the request and its socket before the 413 is written.
+ */
+export async function readLimited(body: AsyncIterable<Buffer> | null, limit: number): Promise<Buffer> {
+  if (body === null) return Buffer.alloc(0);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  const it = body[Symbol.asyncIterator]();
+  for (;;) {
+    const next = await it.next();
+    if (next.done) break;
+    size += next.value.length;
+    if (size > limit) throw new RegistryError('MANIFEST_TOO_LARGE', { limit }, { Connection: 'close' });
+    chunks.push(next.value);
+  }
+  return Buffer.concat(chunks, size);
+}
+
+const UNIQUE_RETRIES = 5;
+
+/**
+ * Manifests and the tags on them. Every write is one transaction holding its projection rows and events. A tag's
+ * row is the lock that serializes everything done to the tag, so its lifetimes never overlap; a manifest's row is
+ * share-locked by pushes that rely on it and update-locked by its deletion.
+ */
+export class ManifestService {
+  private readonly events = new EventStore();
+
+  constructor(
+    private readonly db: Db,
+    private readonly repositories: RepositoryStore,
+  ) {}
+
+  async put(
+    repository: string,
+    reference: string,
+    contentType: string | null | undefined,
+    body: AsyncIterable<Buffer> | null,
+    meta: RequestMeta,
+  ): Promise<PushedManifest> {
+    assertName(repository);
+    const target = parseReference(reference);
+    if (target === null) throw new RegistryError('TAG_INVALID', { tag: reference });
+    const bytes = await readLimited(body, MAX_MANIFEST_BYTES);
+    const algorithm = 'digest' in target ? target.digest.algorithm : 'sha256';
+    const digest = `${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`;
+    if ('digest' in target && target.digest.digest !== digest) {
+      throw new RegistryError('DIGEST_INVALID', { expected: target.digest.digest, actual: digest });
+    }
+    const manifest = parseManifest(bytes, contentType);
+    const first = manifest.references[0];
+    if (first && (await this.repositories.find(repository)) === null)
+      throw this.missing(first.kind, first.digest);
+    const repositoryId = await this.repositories.ensure(repository);
+
+    await this.db.transaction().execute(async (tx) => {
+      await this.checkReferences(tx, repositoryId, manifest);
+      const inserted = await this.insertManifest(tx, repositoryId, digest, manifest, bytes);
+      if (inserted) {
+        if (manifest.references.length > 0) {
+          await tx
+            .insertInto('manifest_references')
+            .values(
+              manifest.references.map((r, position) => ({
+                repository_id: repositoryId,
+                parent_digest: digest,
+                child_digest: r.digest,
+                kind: r.kind,
+                position,
+                size: r.size,
+              })),
+            )
+            .execute();
+        }
+        await this.events.append(tx, {
+          type: 'manifest.pushed',
+          repository,
+          subject: digest,
+          payload: {
+            digest,
+            media_type: manifest.mediaType,
+            size: bytes.length,
+            artifact_type: manifest.artifactType,
+            subject: manifest.subject,
+            references: manifest.references.map((r) => ({ digest: r.digest, kind: r.kind, size: r.size })),
+          },
+          meta,
+        });
+      }
+      if ('tag' in target) await this.moveTag(tx, repositoryId, repository, target.tag, digest, meta);
+    });
+    return { digest, subject: manifest.subject };
+  }
+
+  private missing(kind: string, digest: string): RegistryError {
+    return kind === 'manifest'
+      ? new RegistryError('MANIFEST_UNKNOWN', {
+          digest,
+          reason: 'the index references a manifest not in this repository',
+        })
+      : new RegistryError('MANIFEST_BLOB_UNKNOWN', { digest });
+  }
+
+  /**
+   * Every blob must be linked in the repository and every child manifest stored there, with the size the
+   * descriptor claims. The rows are share-locked so an unlink or delete cannot slip in before the commit.
+   */
+  private async checkReferences(tx: Tx, repositoryId: number, manifest: ParsedManifest): Promise<void> {
+    const blobDigests = [
+      ...new Set(manifest.references.filter((r) => r.kind !== 'manifest').map((r) => r.digest)),
+    ];
+    const childDigests = [
+      ...new Set(manifest.references.filter((r) => r.kind === 'manifest').map((r) => r.digest)),
+    ];
+    const sizes = new Map<string, number>();
+    if (blobDigests.length > 0) {
+      const rows = await tx
+        .selectFrom('repository_blobs as rb')
+        .innerJoin('blobs as b', 'b.digest', 'rb.digest')
+        .select(['rb.digest', 'b.size'])
+        .where('rb.repository_id', '=', repositoryId)
+        .where('rb.digest', 'in', blobDigests)
+        .forShare('rb')
+        .execute();
+      for (const r of rows) sizes.set(r.digest, r.size);
+    }
+    if (childDigests.length > 0) {
+      const rows = await tx
+        .selectFrom('manifests')
+        .select(['digest', 'size'])
+        .where('repository_id', '=', repositoryId)
+        .where('digest', 'in', childDigests)
+        .forShare()
+        .execute();
+      for (const r of rows) sizes.set(r.digest, r.size);
+    }
+    for (const r of manifest.references) {
+      const size = sizes.get(r.digest);
+      if (size === undefined) throw this.missing(r.kind, r.digest);
+      if (size !== r.size) {
+        throw new RegistryError('MANIFEST_INVALID', {
+          reason: 'descriptor size does not match the stored content',
+          digest: r.digest,
+          declared: r.size,
+          stored: size,
+        });
+      }
+    }
+  }
+
+  /** True when this push stored the manifest; false when it was there already, now share-locked. */
+  private async insertManifest(
+    tx: Tx,
+    repositoryId: number,
+    digest: string,
+    manifest: ParsedManifest,
+    bytes: Buffer,
+  ): Promise<boolean> {
+    for (let attempt = 0; attempt < UNIQUE_RETRIES; attempt++) {
+      const ins = await tx
+        .insertInto('manifests')
+        .values({
+          repository_id: repositoryId,
+          digest,
+          media_type: manifest.mediaType,
+          artifact_type: manifest.artifactType,
+          subject_digest: manifest.subject,
+          annotations: manifest.annotations ? JSON.stringify(manifest.annotations) : null,
+          size: bytes.length,
+          content: bytes,
+        })
+        .onConflict((oc) => oc.columns(['repository_id', 'digest']).doNothing())
+        .executeTakeFirst();
+      if (ins.numInsertedOrUpdatedRows === 1n) return true;
+      const held = await tx
+        .selectFrom('manifests')
+        .select('digest')
+        .where('repository_id', '=', repositoryId)
+        .where('digest', '=', digest)
+        .forShare()
+        .executeTakeFirst();
+      // Absent here means a concurrent delete won between the two statements: insert again.
+      if (held) return false;
+    }
+    throw new Error(`failed to store manifest ${digest}: it kept being deleted concurrently`);
+  }
+
+  /** Points `tag` at `digest` under the tag row's lock; a no-op when it already does. */
+  private async moveTag(
+    tx: Tx,
+    repositoryId: number,
+    repository: string,
+    tag: string,
+    digest: string,
+    meta: RequestMeta,
+  ): Promise<void> {
+    for (let attempt = 0; attempt < UNIQUE_RETRIES; attempt++) {
+      const created = await tx
+        .insertInto('tags')
+        .values({ repository_id: repositoryId, name: tag, digest })
+        .onConflict((oc) => oc.columns(['repository_id', 'name']).doNothing())
+        .returning('name')
+        .executeTakeFirst();
+      let previous: string | null = null;
+      if (!created) {
+        const current = await tx
+          .selectFrom('tags')
+          .select('digest')
+          .where('repository_id', '=', repositoryId)
+          .where('name', '=', tag)
+          .forUpdate()
+          .executeTakeFirst();
+        if (!current) continue; // deleted between the two statements
+        if (current.digest === digest) return;
+        previous = current.digest;
+        await tx
+          .updateTable('tags')
+          .set({ digest, updated_at: sql<Date>`now()` })
+          .where('repository_id', '=', repositoryId)
+          .where('name', '=', tag)
+          .execute();
+      }
+      const event = await this.events.append(tx, {
+        type: 'tag.moved',
+        repository,
+        subject: tag,
+        payload: { tag, digest, previous },
+        meta,
+      });
+      await this.closeLifetime(tx, repositoryId, tag, event.seq);
+      // The new period starts exactly where the closed one ended, so no instant falls between two periods.
+      await tx
+        .insertInto('tag_lifetimes')
+        .values({
+          repository_id: repositoryId,
+          tag,
+          digest,
+          started_at: sql<Date>`coalesce((SELECT ended_at FROM tag_lifetimes WHERE repository_id = ${repositoryId} AND tag = ${tag} AND ended_seq = ${event.seq}), clock_timestamp())`,
+          started_seq: event.seq,
+        })
+        .execute();
+      return;
+    }
+    throw new Error(`failed to move tag ${tag}: it kept being deleted concurrently`);
+  }
+
+  /**
+   * Ends the tag's open period. The clock is read under the tag's lock, after the previous holder committed, so
+   * periods follow each other in lock order; transaction start times (now()) would not.
+   */
+  private async closeLifetime(tx: Tx, repositoryId: number, tag: string, seq: number): Promise<void> {
+    await tx
+      .updateTable('tag_lifetimes')
+      .set({ ended_at: sql<Date>`greatest(clock_timestamp(), started_at)`, ended_seq: seq })
+      .where('repository_id', '=', repositoryId)
+      .where('tag', '=', tag)
+      .where('ended_at', 'is', null)
+      .execute();
+  }
+
+  /** The manifest's metadata, without its bytes: for HEAD. */
+  async stat(repository: string, reference: string): Promise<ManifestInfo> {
+    const { content: _content, ...info } = await this.lookup(repository, reference, false);
+    return info;
+  }
+
+  async get(repository: string, reference: string): Promise<StoredManifest> {
+    return this.lookup(repository, reference, true);
+  }
+
+  private async lookup(repository: string, reference: string, withContent: boolean): Promise<StoredManifest> {
+    assertName(repository);
+    const target = parseReference(reference);
+    if (target === null) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
+    let query = this.db
+      .selectFrom('manifests as m')
+      .innerJoin('repositories as r', 'r.id', 'm.repository_id')
+      .select(['m.digest', 'm.media_type', 'm.size'])
+      .$if(withContent, (q) => q.select('m.content'))
+      .where('r.name', '=', repository);
+    query =
+      'tag' in target
+        ? query
+            .innerJoin('tags as t', (j) =>
+              j.onRef('t.repository_id', '=', 'm.repository_id').onRef('t.digest', '=', 'm.digest'),
+            )
+            .where('t.name', '=', target.tag)
+        : query.where('m.digest', '=', target.digest.digest);
+    const row = await query.executeTakeFirst();
+    if (!row) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
+    return {
+      digest: row.digest,
+      mediaType: row.media_type,
+      size: row.size,
+      content: row.content ?? Buffer.alloc(0),
+    };
+  }
+
+  /**
+   * By digest: removes the manifest, its references and every tag on it. Indexes that list it keep their rows,
+   * as in the reference registry. By tag: removes that tag only.
+   */
+  async delete(repository: string, reference: string, meta: RequestMeta): Promise<void> {
+    const target = parseReference(reference);
+    const repositoryId = await this.repositories.find(repository);
+    if (target === null || repositoryId === null) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
+    const removed = await this.db
+      .transaction()
+      .execute(async (tx) =>
+        'tag' in target
+          ? this.deleteTag(tx, repositoryId, repository, target.tag, meta)
+          : this.deleteManifest(tx, repositoryId, repository, target.digest.digest, meta),
+      );
+    if (!removed) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
+  }
+
+  private async deleteTag(
+    tx: Tx,
+    repositoryId: number,
+    repository: string,
+    tag: string,
+    meta: RequestMeta,
+  ): Promise<boolean> {
+    const row = await tx
+      .deleteFrom('tags')
+      .where('repository_id', '=', repositoryId)
+      .where('name', '=', tag)
+      .returning('digest')
+      .executeTakeFirst();
+    if (!row) return false;
+    await this.tagDeleted(tx, repositoryId, repository, tag, row.digest, meta);
+    return true;
+  }
+
+  private async tagDeleted(
+    tx: Tx,
+    repositoryId: number,
+    repository: string,
+    tag: string,
+    digest: string,
+    meta: RequestMeta,
+  ): Promise<void> {
+    const event = await this.events.append(tx, {
+      type: 'tag.deleted',
+      repository,
+      subject: tag,
+      payload: { tag, digest },
+      meta,
+    });
+    await this.closeLifetime(tx, repositoryId, tag, event.seq);
+  }
+
+  private async deleteManifest(
+    tx: Tx,
+    repositoryId: number,
+    repository: string,
+    digest: string,
+    meta: RequestMeta,
+  ): Promise<boolean> {
+    // Locked first, so a push that would tag it either finished before (its tag is seen below) or waits.
+    const row = await tx
+      .selectFrom('manifests')
+      .select('digest')
+      .where('repository_id', '=', repositoryId)
+      .where('digest', '=', digest)
+      .forUpdate()
+      .executeTakeFirst();
+    if (!row) return false;
+    const tags = await tx
+      .deleteFrom('tags')
+      .where('repository_id', '=', repositoryId)
+      .where('digest', '=', digest)
+      .returning('name')
+      .execute();
+    const names = tags.map((t) => t.name).sort();
+    for (const tag of names) await this.tagDeleted(tx, repositoryId, repository, tag, digest, meta);
+    await tx
+      .deleteFrom('manifests')
+      .where('repository_id', '=', repositoryId)
+      .where('digest', '=', digest)
+      .execute();
+    await this.events.append(tx, {
+      type: 'manifest.deleted',
+      repository,
+      subject: digest,
+      payload: { digest, tags: names },
+      meta,
+    });
+    return true;
+  }
+}

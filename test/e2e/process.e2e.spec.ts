@@ -1,0 +1,193 @@
+import { spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { sha256 } from '../support/http';
+import { MAIN, startServer, type ServerProcess } from '../support/server-process';
+import { createTestDatabase, type TestDatabase } from '../support/test-database';
+
+/** Sends `total` bytes in `piece`-sized writes, pausing `delayMs` between them; resolves with the status. */
+function slowPatch(url: string, total: number, piece: number, delayMs: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, {
+      method: 'PATCH',
+      headers: { 'content-type': 'application/octet-stream', 'content-length': String(total) },
+    });
+    req.on('response', (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    let sent = 0;
+    const tick = (): void => {
+      if (sent >= total) return void req.end();
+      const n = Math.min(piece, total - sent);
+      req.write(randomBytes(n));
+      sent += n;
+      setTimeout(tick, delayMs);
+    };
+    tick();
+  });
+}
+
+function noErrors(server: ServerProcess): void {
+  expect(server.lines.filter((l) => l.level === 'error' || l.level === 'fatal')).toEqual([]);
+  expect(server.lines.filter((l) => typeof l.status === 'number' && l.status >= 500)).toEqual([]);
+}
+
+describe('the strata process', () => {
+  let database: TestDatabase;
+  let dataDir: string;
+
+  beforeAll(async () => {
+    database = await createTestDatabase();
+    dataDir = await mkdtemp(join(tmpdir(), 'strata-proc-'));
+  });
+  afterAll(async () => {
+    await database.drop();
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('exits non-zero with one line naming the key of a bad config value', () => {
+    const r = spawnSync(process.execPath, [MAIN, 'verify-config'], {
+      env: { PATH: process.env.PATH, PORT: 'eighty' },
+      encoding: 'utf8',
+    });
+    expect(r.status).toBe(2);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toContain('PORT');
+    const ok = spawnSync(process.execPath, [MAIN, 'verify-config'], {
+      env: { PATH: process.env.PATH, PORT: '5000' },
+      encoding: 'utf8',
+    });
+    expect(ok.status).toBe(0);
+    const serve = spawnSync(process.execPath, [MAIN, 'serve'], {
+      env: { PATH: process.env.PATH, STRATA_STORAGE: 'tape' },
+      encoding: 'utf8',
+    });
+    expect(serve.status).toBe(2);
+    expect(serve.stderr).toMatch(/STRATA_STORAGE/);
+  });
+
+  it('streams a 64 MiB body to storage without the process growing by more than a few MiB', async () => {
+    const server = await startServer({ DATABASE_URL: database.url, STRATA_DATA_DIR: dataDir });
+    try {
+      // Warm up code paths, pools and the young generation's size first, so the measurement sees what the body
+      // costs: a process that buffered would grow by the body's 64 MiB.
+      for (let i = 0; i < 2; i++) {
+        const post = await fetch(`${server.url}/v2/mem/blobs/uploads/`, { method: 'POST' });
+        expect(await slowPatch(`${server.url}${post.headers.get('location')}`, 32 << 20, 1 << 20, 0)).toBe(202);
+      }
+      const before = await server.rssKiB('VmRSS');
+      const post = await fetch(`${server.url}/v2/mem/blobs/uploads/`, { method: 'POST' });
+      expect(await slowPatch(`${server.url}${post.headers.get('location')}`, 64 << 20, 1 << 20, 0)).toBe(202);
+      const peak = await server.rssKiB('VmHWM');
+      const grownMiB = (peak - before) / 1024;
+      expect(grownMiB).toBeLessThan(8);
+      noErrors(server);
+    } finally {
+      server.child.kill('SIGTERM');
+      await server.exited;
+    }
+  });
+
+  it('on SIGTERM stops accepting, finishes the in-flight request and exits 0', async () => {
+    const server = await startServer({ DATABASE_URL: database.url, STRATA_DATA_DIR: dataDir, STRATA_SHUTDOWN_TIMEOUT: '20s' });
+    const post = await fetch(`${server.url}/v2/drain/blobs/uploads/`, { method: 'POST' });
+    const location = post.headers.get('location')!;
+    const inflight = slowPatch(`${server.url}${location}`, 2 << 20, 128 << 10, 100);
+    await new Promise((r) => setTimeout(r, 500));
+    server.child.kill('SIGTERM');
+    expect(await inflight).toBe(202);
+    expect(await server.exited).toBe(0);
+    await expect(fetch(`${server.url}/v2/`)).rejects.toThrow();
+    const size = await database.db.selectFrom('uploads').select('size').where('id', '=', location.split('/').pop()!).executeTakeFirst();
+    expect(size?.size).toBe(2 << 20);
+    noErrors(server);
+    const messages = server.lines.map((l) => l.msg);
+    expect(messages).toContain('shutting down');
+    expect(messages).toContain('stopped');
+  });
+
+  it('writes JSON log lines that carry the request id, which every response carries too', async () => {
+    const server = await startServer({ DATABASE_URL: database.url, STRATA_DATA_DIR: dataDir });
+    try {
+      const res = await fetch(`${server.url}/v2/logs/blobs/uploads/`, { method: 'POST', headers: { 'x-request-id': 'trace-me-123' } });
+      expect(res.headers.get('x-request-id')).toBe('trace-me-123');
+      const other = await fetch(`${server.url}/v2/`);
+      expect(other.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+      await new Promise((r) => setTimeout(r, 100));
+      const mine = server.lines.filter((l) => l.reqId === 'trace-me-123');
+      expect(mine.length).toBeGreaterThan(0);
+      expect(mine.find((l) => l.msg === 'request completed')).toMatchObject({ status: 202, method: 'POST' });
+      for (const l of server.lines) expect(typeof l.time).toBe('string');
+    } finally {
+      server.child.kill('SIGINT');
+      expect(await server.exited).toBe(0);
+    }
+  });
+
+  it('survives SIGKILL during many uploads: every 201 reads back, and no blob row points at missing or short bytes', async () => {
+    const crashDir = await mkdtemp(join(tmpdir(), 'strata-crash-'));
+    const db = await createTestDatabase();
+    try {
+      const server = await startServer({ DATABASE_URL: db.url, STRATA_DATA_DIR: crashDir });
+      const committed: { repo: string; digest: string }[] = [];
+      const blobs = Array.from({ length: 40 }, (_, i) => {
+        const data = randomBytes((1 + (i % 4)) << 20);
+        return { repo: `crash/r${i % 5}`, data, digest: sha256(data) };
+      });
+      const pushes = blobs.map(async (b, i) => {
+        await new Promise((r) => setTimeout(r, i * 40));
+        try {
+          const res = await fetch(`${server.url}/v2/${b.repo}/blobs/uploads/?digest=${b.digest}`, {
+            method: 'POST',
+            body: b.data,
+            headers: { 'content-type': 'application/octet-stream' },
+          });
+          if (res.status === 201) committed.push({ repo: b.repo, digest: b.digest });
+        } catch {
+          // Cut off by the kill: the client saw no 201, so nothing is owed to it.
+        }
+      });
+      // Kill once some uploads have been answered and others are still streaming.
+      const deadline = Date.now() + 30_000;
+      while (committed.length < 8 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      server.child.kill('SIGKILL');
+      await Promise.all(pushes);
+      await server.exited;
+      expect(committed.length).toBeGreaterThan(0);
+
+      const again = await startServer({ DATABASE_URL: db.url, STRATA_DATA_DIR: crashDir });
+      try {
+        for (const c of committed) {
+          const res = await fetch(`${again.url}/v2/${c.repo}/blobs/${c.digest}`);
+          expect(res.status).toBe(200);
+          expect(sha256(Buffer.from(await res.arrayBuffer()))).toBe(c.digest);
+        }
+        const rows = await db.db
+          .selectFrom('repository_blobs as rb')
+          .innerJoin('repositories as r', 'r.id', 'rb.repository_id')
+          .innerJoin('blobs as b', 'b.digest', 'rb.digest')
+          .select(['r.name', 'b.digest', 'b.size'])
+          .execute();
+        expect(rows.length).toBeGreaterThanOrEqual(committed.length);
+        for (const row of rows) {
+          const res = await fetch(`${again.url}/v2/${row.name}/blobs/${row.digest}`);
+          const body = Buffer.from(await res.arrayBuffer());
+          expect(body.length).toBe(row.size);
+          expect(`sha256:${createHash('sha256').update(body).digest('hex')}`).toBe(row.digest);
+        }
+        noErrors(again);
+      } finally {
+        again.child.kill('SIGTERM');
+        await again.exited;
+      }
+    } finally {
+      await db.drop();
+      await rm(crashDir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,452 @@
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { lstat, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, sep } from 'node:path';
+import type { Readable } from 'node:stream';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { sql } from 'kysely';
+import {
+  type BlobStorage,
+  blobKey,
+  type ByteRange,
+  chunkKey,
+  FilesystemDriver,
+  LargeObjectDriver,
+  StorageKeyError,
+} from '@strata/storage';
+import { createTestDatabase, type TestDatabase } from '../support/test-database';
+
+const MiB = 1024 * 1024;
+
+interface Harness {
+  readonly storage: BlobStorage;
+  /** Composes the way the registry does: inside a transaction when the driver is transactional. */
+  compose(key: string, parts: readonly string[]): Promise<void>;
+  /** What a failed or abandoned operation may have left behind: temp files, incomplete or orphaned objects. */
+  leftovers(): Promise<string[]>;
+  close(): Promise<void>;
+}
+
+async function filesystemHarness(): Promise<Harness> {
+  const root = await mkdtemp(join(tmpdir(), 'strata-storage-'));
+  const storage = new FilesystemDriver(root);
+  await storage.init();
+  return {
+    storage,
+    compose: (key, parts) => storage.compose(key, parts),
+    leftovers: async () => {
+      // Anything below tmp/ but the per-process temp directories themselves: a partial file or composed directory.
+      const tmp = join(root, 'tmp');
+      const entries = await readdir(tmp, { recursive: true });
+      const found: string[] = [];
+      for (const entry of entries) {
+        if (entry.includes(sep) || !(await lstat(join(tmp, entry))).isDirectory()) found.push(`tmp/${entry}`);
+      }
+      return found;
+    },
+    close: () => rm(root, { recursive: true, force: true }),
+  };
+}
+
+async function largeObjectHarness(): Promise<Harness> {
+  const t = await createTestDatabase();
+  const storage = new LargeObjectDriver(t.db);
+  await storage.init();
+  return {
+    storage,
+    compose: (key, parts) => t.db.transaction().execute((tx) => storage.compose(key, parts, tx)),
+    leftovers: async () => {
+      const r = await sql<{ what: string }>`
+        SELECT 'incomplete ' || key AS what FROM storage_objects WHERE NOT complete
+        UNION ALL
+        SELECT 'orphan large object ' || m.oid AS what FROM pg_largeobject_metadata m
+        WHERE NOT EXISTS (SELECT 1 FROM storage_objects o WHERE o.loid = m.oid)`.execute(t.db);
+      return r.rows.map((row) => row.what);
+    },
+    close: async () => {
+      // pool.end() resolves before the server has seen every connection close; the DROP ... WITH (FORCE) that
+      // follows may terminate one that is still idle, which is expected here.
+      t.pool.on('error', () => undefined);
+      await t.drop();
+    },
+  };
+}
+
+async function* chunksOf(data: Buffer, size: number): AsyncGenerator<Buffer> {
+  for (let off = 0; off < data.length; off += size)
+    yield data.subarray(off, Math.min(off + size, data.length));
+}
+
+async function* failingAfter(data: Buffer, chunk: number, error: Error): AsyncGenerator<Buffer> {
+  yield* chunksOf(data, chunk);
+  throw error;
+}
+
+async function collect(stream: Readable): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const part of stream) parts.push(part as Buffer);
+  return Buffer.concat(parts);
+}
+
+const hex = (): string => randomBytes(32).toString('hex');
+
+/** The full garbage collector, for measuring memory that is really held rather than not yet collected. */
+function gcFunction(): () => void {
+  setFlagsFromString('--expose-gc');
+  return runInNewContext('gc') as () => void;
+}
+
+describe.each([
+  ['filesystem', filesystemHarness],
+  ['postgres', largeObjectHarness],
+] as const)('BlobStorage contract: %s driver', (_name, makeHarness) => {
+  let h: Harness;
+  let storage: BlobStorage;
+
+  beforeAll(async () => {
+    h = await makeHarness();
+    storage = h.storage;
+  });
+  afterAll(async () => {
+    await h.close();
+  });
+  afterEach(async () => {
+    expect(await h.leftovers()).toEqual([]);
+  });
+
+  const read = async (key: string, range?: ByteRange): Promise<Buffer> =>
+    collect(await storage.read(key, range));
+
+  /** Writes `data` at a fresh chunk key, in uneven slices, and returns the key. */
+  async function writeChunk(data: Buffer, uploadId = randomUUID(), offset = 0): Promise<string> {
+    const key = chunkKey(uploadId, offset);
+    expect(await storage.write(key, chunksOf(data, 65_537))).toBe(data.length);
+    return key;
+  }
+
+  it('passes its readiness check', async () => {
+    await expect(storage.check()).resolves.toBeUndefined();
+  });
+
+  describe('write and read', () => {
+    it('streams a source into a new object and returns its size', async () => {
+      const data = randomBytes(300_000);
+      const key = blobKey(hex());
+      expect(await storage.size(key)).toBeNull();
+      expect(await storage.write(key, chunksOf(data, 7_001))).toBe(data.length);
+      expect(await storage.size(key)).toBe(data.length);
+      expect((await read(key)).equals(data)).toBe(true);
+    });
+
+    it('stores an empty object', async () => {
+      const key = blobKey(hex());
+      expect(await storage.write(key, chunksOf(Buffer.alloc(0), 1))).toBe(0);
+      expect(await storage.size(key)).toBe(0);
+      expect(await read(key)).toEqual(Buffer.alloc(0));
+    });
+
+    it('reads inclusive byte ranges: first byte, last byte, middle, whole', async () => {
+      // Larger than the large-object driver's 4 MiB slice, so ranges cross its statement boundaries too.
+      const data = randomBytes(9 * MiB + 123);
+      const key = await writeChunk(data);
+      const n = data.length;
+      const ranges: ByteRange[] = [
+        { start: 0, end: 0 },
+        { start: n - 1, end: n - 1 },
+        { start: 1000, end: 1999 },
+        { start: 4 * MiB - 10, end: 4 * MiB + 10 },
+        { start: 3, end: 8 * MiB + 5 },
+        { start: 0, end: n - 1 },
+      ];
+      for (const range of ranges) {
+        const got = await read(key, range);
+        expect({ range, length: got.length }).toEqual({ range, length: range.end - range.start + 1 });
+        expect(got.equals(data.subarray(range.start, range.end + 1))).toBe(true);
+      }
+    });
+
+    it('rejects reading a missing object with ENOENT and reports no size', async () => {
+      const key = blobKey(hex());
+      expect(await storage.size(key)).toBeNull();
+      await expect(storage.read(key)).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(storage.read(key, { start: 0, end: 0 })).rejects.toMatchObject({ code: 'ENOENT' });
+    });
+
+    it('leaves nothing at the key when the source fails midway, and passes the error on', async () => {
+      const key = blobKey(hex());
+      const failure = new Error('client went away');
+      // More than one large-object slice is sent before the failure.
+      await expect(storage.write(key, failingAfter(randomBytes(5 * MiB), 256 * 1024, failure))).rejects.toBe(
+        failure,
+      );
+      expect(await storage.size(key)).toBeNull();
+      await expect(storage.read(key)).rejects.toMatchObject({ code: 'ENOENT' });
+      // afterEach: no temp files, incomplete rows or orphaned large objects.
+    });
+
+    it('leaves nothing when the source fails before its first byte', async () => {
+      const key = blobKey(hex());
+      const failure = new Error('no bytes');
+      await expect(storage.write(key, failingAfter(Buffer.alloc(0), 1, failure))).rejects.toBe(failure);
+      expect(await storage.size(key)).toBeNull();
+    });
+  });
+
+  describe('compose', () => {
+    it('of one part makes a copy with the same bytes and leaves the part as it was', async () => {
+      const data = randomBytes(200_000);
+      const part = await writeChunk(data);
+      const key = blobKey(hex());
+      await h.compose(key, [part]);
+      expect(await storage.size(key)).toBe(data.length);
+      expect((await read(key)).equals(data)).toBe(true);
+      expect(await storage.size(part)).toBe(data.length);
+      expect((await read(part)).equals(data)).toBe(true);
+    });
+
+    it('of several parts is their concatenation in order, readable in ranges across parts', async () => {
+      const upload = randomUUID();
+      const sizes = [100_000, 1, 5 * MiB, 3];
+      const datas = sizes.map((n) => randomBytes(n));
+      const parts: string[] = [];
+      let offset = 0;
+      for (const data of datas) {
+        parts.push(await writeChunk(data, upload, offset));
+        offset += data.length;
+      }
+      const whole = Buffer.concat(datas);
+      const key = blobKey(hex());
+      await h.compose(key, parts);
+      expect(await storage.size(key)).toBe(whole.length);
+      expect((await read(key)).equals(whole)).toBe(true);
+
+      const b1 = sizes[0]!; // first byte of part 2
+      const b2 = b1 + 1; // first byte of part 3
+      const b3 = b2 + sizes[2]!; // first byte of part 4
+      const ranges: ByteRange[] = [
+        { start: 0, end: 0 },
+        { start: whole.length - 1, end: whole.length - 1 },
+        { start: b1 - 1, end: b1 }, // last byte of part 1, the whole of part 2
+        { start: b1, end: b1 }, // part 2 alone
+        { start: b1 - 2, end: b2 + 2 }, // parts 1, 2 and 3
+        { start: b3 - 1, end: b3 + 1 }, // end of part 3, start of part 4
+        { start: 10, end: whole.length - 2 }, // all parts, trimmed at both ends
+        { start: b2 + 1000, end: b2 + 2000 }, // inside part 3
+      ];
+      for (const range of ranges) {
+        const got = await read(key, range);
+        expect({ range, length: got.length }).toEqual({ range, length: range.end - range.start + 1 });
+        expect(got.equals(whole.subarray(range.start, range.end + 1))).toBe(true);
+      }
+      for (const [i, part] of parts.entries()) expect((await read(part)).equals(datas[i]!)).toBe(true);
+    });
+
+    it('fails when a part is missing and leaves nothing at the key', async () => {
+      const present = await writeChunk(randomBytes(1000));
+      const missing = chunkKey(randomUUID(), 1000);
+      const key = blobKey(hex());
+      await expect(h.compose(key, [present, missing])).rejects.toThrow();
+      expect(await storage.size(key)).toBeNull();
+      expect(await storage.size(present)).toBe(1000);
+    });
+  });
+
+  describe('objects never share bytes', () => {
+    it('deleting a composed object leaves its parts, deleting the parts leaves the composed object', async () => {
+      const a = randomBytes(70_000);
+      const b = randomBytes(30_000);
+      const upload = randomUUID();
+      const pa = await writeChunk(a, upload, 0);
+      const pb = await writeChunk(b, upload, a.length);
+      const single = blobKey(hex());
+      const multi = blobKey(hex());
+      await h.compose(single, [pa]);
+      await h.compose(multi, [pa, pb]);
+
+      await storage.delete(multi);
+      expect(await storage.size(multi)).toBeNull();
+      expect((await read(pa)).equals(a)).toBe(true);
+      expect((await read(pb)).equals(b)).toBe(true);
+      expect((await read(single)).equals(a)).toBe(true);
+
+      const again = blobKey(hex());
+      await h.compose(again, [pa, pb]);
+      await storage.delete(pa);
+      await storage.delete(pb);
+      expect(await storage.size(pa)).toBeNull();
+      expect(await storage.size(pb)).toBeNull();
+      expect((await read(again)).equals(Buffer.concat([a, b]))).toBe(true);
+      expect((await read(single)).equals(a)).toBe(true);
+      expect(await read(again, { start: a.length - 1, end: a.length })).toEqual(
+        Buffer.from([a[a.length - 1]!, b[0]!]),
+      );
+    });
+
+    it('deleting one object leaves another written with the same content', async () => {
+      const data = randomBytes(10_000);
+      const digestHex = createHash('sha256').update(data).digest('hex');
+      const first = blobKey(digestHex);
+      const second = blobKey(digestHex);
+      expect(second).not.toBe(first);
+      await storage.write(first, chunksOf(data, 4096));
+      await storage.write(second, chunksOf(data, 4096));
+      await storage.delete(first);
+      expect(await storage.size(first)).toBeNull();
+      expect((await read(second)).equals(data)).toBe(true);
+    });
+  });
+
+  describe('delete', () => {
+    it('removes the object and is idempotent', async () => {
+      const key = await writeChunk(randomBytes(5000));
+      await storage.delete(key);
+      expect(await storage.size(key)).toBeNull();
+      await expect(storage.read(key)).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(storage.delete(key)).resolves.toBeUndefined();
+      await expect(storage.delete(blobKey(hex()))).resolves.toBeUndefined();
+    });
+  });
+
+  describe('keys', () => {
+    const good = (): string => blobKey(hex());
+    const bad = [
+      '../etc/passwd',
+      'blobs/../../etc/passwd',
+      'blobs/ab/../../../etc/passwd',
+      `blobs/ab/${'a'.repeat(64)}/../../x`,
+      `blobs/ab/${'a'.repeat(32)}..${'a'.repeat(32)}`,
+      `tmp/ab/${'a'.repeat(64)}`,
+      `manifests/ab/${'a'.repeat(64)}`,
+      `/blobs/ab/${'a'.repeat(64)}`,
+      `blobs/ab/${'A'.repeat(64)}`,
+      `blobs/ab/${'a'.repeat(64)}/x`,
+      'blobs/ab/',
+      '',
+    ];
+
+    it('made by blobKey() and chunkKey() are accepted and never repeat', () => {
+      const keys = [blobKey(hex()), chunkKey(randomUUID(), 0), chunkKey(randomUUID(), 123_456_789)];
+      for (const key of keys) expect(key).toMatch(/^(blobs|uploads)\/[0-9a-f]{2}\//);
+      const h1 = hex();
+      expect(blobKey(h1)).not.toBe(blobKey(h1));
+    });
+
+    it.each(bad)('refuses %j in every operation', async (key) => {
+      await expect(storage.write(key, chunksOf(Buffer.from('x'), 1))).rejects.toBeInstanceOf(StorageKeyError);
+      await expect(storage.read(key)).rejects.toBeInstanceOf(StorageKeyError);
+      await expect(storage.size(key)).rejects.toBeInstanceOf(StorageKeyError);
+      await expect(storage.delete(key)).rejects.toBeInstanceOf(StorageKeyError);
+      await expect(h.compose(key, [good()])).rejects.toBeInstanceOf(StorageKeyError);
+      await expect(h.compose(good(), [key])).rejects.toBeInstanceOf(StorageKeyError);
+    });
+  });
+
+  it('writes 64 MiB streamed from a generator without holding it in memory', async () => {
+    const gc = gcFunction();
+    const total = 64 * MiB;
+    const chunk = MiB;
+    const expected = createHash('sha256');
+    gc();
+    const before = process.memoryUsage().rss;
+    let peak = before;
+    async function* source(): AsyncGenerator<Buffer> {
+      for (let i = 0; i < total / chunk; i++) {
+        // A fresh buffer each time: a driver that kept the chunks would keep them all alive.
+        const b = Buffer.allocUnsafe(chunk).fill(i % 251);
+        b.writeUInt32BE(i, 0);
+        expected.update(b);
+        if (i % 8 === 7) {
+          gc();
+          peak = Math.max(peak, process.memoryUsage().rss);
+        }
+        yield b;
+      }
+    }
+    const key = blobKey(hex());
+    expect(await storage.write(key, source())).toBe(total);
+    gc();
+    peak = Math.max(peak, process.memoryUsage().rss);
+    expect((peak - before) / MiB).toBeLessThan(48);
+    expect(await storage.size(key)).toBe(total);
+    const actual = createHash('sha256');
+    for await (const part of await storage.read(key)) actual.update(part as Buffer);
+    expect(actual.digest('hex')).toBe(expected.digest('hex'));
+    await storage.delete(key);
+  });
+});
+
+describe('LargeObjectDriver compose joins the caller transaction', () => {
+  let t: TestDatabase;
+  let storage: LargeObjectDriver;
+
+  beforeAll(async () => {
+    t = await createTestDatabase();
+    storage = new LargeObjectDriver(t.db);
+    await storage.init();
+  });
+  afterAll(async () => {
+    t.pool.on('error', () => undefined);
+    await t.drop();
+  });
+
+  async function part(data: Buffer): Promise<string> {
+    const key = chunkKey(randomUUID(), 0);
+    await storage.write(key, chunksOf(data, 1000));
+    return key;
+  }
+
+  const orphans = async (): Promise<number> =>
+    (
+      await sql<{ n: number }>`
+        SELECT count(*)::int AS n FROM pg_largeobject_metadata m
+        WHERE NOT EXISTS (SELECT 1 FROM storage_objects o WHERE o.loid = m.oid)`.execute(t.db)
+    ).rows[0]!.n;
+
+  it('is invisible outside the transaction until it commits', async () => {
+    const data = randomBytes(5000);
+    const p = await part(data);
+    const key = blobKey(hex());
+    await t.db.transaction().execute(async (tx) => {
+      await storage.compose(key, [p], tx);
+      expect(await storage.size(key)).toBeNull();
+      await expect(storage.read(key)).rejects.toMatchObject({ code: 'ENOENT' });
+    });
+    expect(await storage.size(key)).toBe(data.length);
+    expect((await collect(await storage.read(key))).equals(data)).toBe(true);
+  });
+
+  it('is gone, large object included, when the transaction rolls back', async () => {
+    const a = randomBytes(3000);
+    const b = randomBytes(4000);
+    const parts = [await part(a), await part(b)];
+    const key = blobKey(hex());
+    const objects = async (): Promise<number> =>
+      (await sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_largeobject_metadata`.execute(t.db))
+        .rows[0]!.n;
+    const before = await objects();
+    const failure = new Error('blob row conflict');
+    await expect(
+      t.db.transaction().execute(async (tx) => {
+        await storage.compose(key, parts, tx);
+        const inside = await sql<{
+          n: number;
+        }>`SELECT count(*)::int AS n FROM storage_objects WHERE key = ${key}`.execute(tx);
+        expect(inside.rows[0]!.n).toBe(1);
+        throw failure;
+      }),
+    ).rejects.toBe(failure);
+    expect(await storage.size(key)).toBeNull();
+    await expect(storage.read(key)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(await objects()).toBe(before);
+    expect(await orphans()).toBe(0);
+    expect((await collect(await storage.read(parts[0]!))).equals(a)).toBe(true);
+    expect((await collect(await storage.read(parts[1]!))).equals(b)).toBe(true);
+  });
+
+  it('removes the large object of a deleted key in the same statement', async () => {
+    const key = await part(randomBytes(100));
+    await storage.delete(key);
+    expect(await orphans()).toBe(0);
+  });
+});

@@ -1,0 +1,65 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { freePort } from '../../libs/db/src/embedded-postgres';
+
+export const MAIN = join(__dirname, '../../dist/apps/registry/src/main.js');
+
+export interface ServerProcess {
+  readonly url: string;
+  readonly port: number;
+  readonly child: ChildProcess;
+  readonly lines: Record<string, unknown>[];
+  readonly stderr: string[];
+  /** Resolves with the exit code (or signal name) once the process has exited. */
+  readonly exited: Promise<number | string>;
+  rssKiB(field?: 'VmRSS' | 'VmHWM'): Promise<number>;
+}
+
+/** Runs the built registry (`npm run build` first) as its own process, as an operator would. */
+export async function startServer(env: Record<string, string>, port?: number): Promise<ServerProcess> {
+  const p = port ?? (await freePort());
+  const child = spawn(process.execPath, [MAIN, 'serve'], {
+    env: { PATH: process.env.PATH ?? '', HOST: '127.0.0.1', PORT: String(p), STRATA_JOBS: 'false', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: Record<string, unknown>[] = [];
+  const stderr: string[] = [];
+  let buf = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    buf += d.toString('utf8');
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      if (line.trim()) lines.push(JSON.parse(line) as Record<string, unknown>);
+    }
+  });
+  child.stderr!.on('data', (d: Buffer) => stderr.push(d.toString('utf8')));
+  const exited = new Promise<number | string>((res) => child.once('exit', (code, signal) => res(code ?? signal ?? -1)));
+  const url = `http://127.0.0.1:${p}`;
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const early = await Promise.race([exited, new Promise((r) => setTimeout(() => r(null), 100))]);
+    if (early !== null) throw new Error(`server exited (${String(early)}): ${stderr.join('')}`);
+    const ok = await fetch(`${url}/v2/`).then(
+      (r) => r.status === 200,
+      () => false,
+    );
+    if (ok) break;
+    if (Date.now() > deadline) throw new Error(`server did not start: ${stderr.join('')}`);
+  }
+  return {
+    url,
+    port: p,
+    child,
+    lines,
+    stderr,
+    exited,
+    rssKiB: async (field = 'VmRSS') => {
+      const { readFile } = await import('node:fs/promises');
+      const status = await readFile(`/proc/${child.pid}/status`, 'utf8');
+      const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(status);
+      return m ? Number(m[1]) : NaN;
+    },
+  };
+}
