@@ -94,11 +94,23 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
 
   it('refuses an out-of-order or retried chunk with 416 and the current range', async () => {
     const location = await startUpload('order');
-    await fetch(url(location), { method: 'PATCH', body: Buffer.alloc(10, 1), headers: { 'content-range': '0-9' } });
-    const skip = await fetch(url(location), { method: 'PATCH', body: Buffer.alloc(10, 2), headers: { 'content-range': '20-29' } });
+    await fetch(url(location), {
+      method: 'PATCH',
+      body: Buffer.alloc(10, 1),
+      headers: { 'content-range': '0-9' },
+    });
+    const skip = await fetch(url(location), {
+      method: 'PATCH',
+      body: Buffer.alloc(10, 2),
+      headers: { 'content-range': '20-29' },
+    });
     expect(skip.status).toBe(416);
     expect(skip.headers.get('range')).toBe('0-9');
-    const retry = await fetch(url(location), { method: 'PATCH', body: Buffer.alloc(10, 1), headers: { 'content-range': '0-9' } });
+    const retry = await fetch(url(location), {
+      method: 'PATCH',
+      body: Buffer.alloc(10, 1),
+      headers: { 'content-range': '0-9' },
+    });
     expect(retry.status).toBe(416);
     expect(await errorCodes(retry)).toEqual(['RANGE_INVALID']);
   });
@@ -118,7 +130,9 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
     const malformed = await fetch(url(`${location}?digest=sha256:xyz`), { method: 'PUT' });
     expect(malformed.status).toBe(400);
     expect(await errorCodes(malformed)).toEqual(['DIGEST_INVALID']);
-    const md5 = await fetch(url(`${location}?digest=md5:d41d8cd98f00b204e9800998ecf8427e`), { method: 'PUT' });
+    const md5 = await fetch(url(`${location}?digest=md5:d41d8cd98f00b204e9800998ecf8427e`), {
+      method: 'PUT',
+    });
     expect(md5.status).toBe(400);
     expect(await errorCodes(md5)).toEqual(['UNSUPPORTED']);
     const missing = await fetch(url(location), { method: 'PUT' });
@@ -133,9 +147,9 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
     const digest = `sha512:${createHash('sha512').update(data).digest('hex')}`;
     const res = await pushBlob(t.url, 'sha512', data, digest);
     expect(res.status).toBe(201);
-    expect((await fetch(url(`/v2/sha512/blobs/${digest}`), { method: 'HEAD' })).headers.get('content-length')).toBe(
-      String(data.length),
-    );
+    expect(
+      (await fetch(url(`/v2/sha512/blobs/${digest}`), { method: 'HEAD' })).headers.get('content-length'),
+    ).toBe(String(data.length));
   });
 
   it('cancels an upload: 204, then BLOB_UPLOAD_UNKNOWN', async () => {
@@ -156,7 +170,9 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
     expect(mount.status).toBe(201);
     expect(mount.headers.get('location')).toBe(`/v2/dst/blobs/${digest}`);
     expect((await fetch(url(`/v2/dst/blobs/${digest}`), { method: 'HEAD' })).status).toBe(200);
-    const noMount = await fetch(url(`/v2/dst2/blobs/uploads/?mount=${digest}&from=other`), { method: 'POST' });
+    const noMount = await fetch(url(`/v2/dst2/blobs/uploads/?mount=${digest}&from=other`), {
+      method: 'POST',
+    });
     expect(noMount.status).toBe(202);
     expect((await fetch(url(`/v2/dst/blobs/${digest}`), { method: 'DELETE' })).status).toBe(202);
     expect((await fetch(url(`/v2/dst/blobs/${digest}`), { method: 'HEAD' })).status).toBe(404);

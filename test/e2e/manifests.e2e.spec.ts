@@ -204,6 +204,26 @@ describe('manifest protocol', () => {
       expect((await fetch(url(`/v2/pull/bydigest/manifests/${sha256('other bytes')}`))).status).toBe(404);
     });
 
+    it('stores a manifest listing tens of thousands of layers', async () => {
+      const config = { ...(await blob('pull/wide')), mediaType: MEDIA_TYPE.OCI_CONFIG };
+      const layer = await blob('pull/wide');
+      const json = {
+        schemaVersion: 2,
+        mediaType: MEDIA_TYPE.OCI_MANIFEST,
+        config,
+        layers: Array.from({ length: 20_000 }, () => layer),
+      };
+      const pushed = await putManifest('pull/wide', 'v1', json);
+      expect(pushed.body.length).toBeGreaterThan(2 * 1024 * 1024);
+      expect(pushed.res.status).toBe(201);
+      const count = await t.database.db
+        .selectFrom('manifest_references')
+        .select((eb) => eb.fn.countAll<string>().as('n'))
+        .where('parent_digest', '=', pushed.digest)
+        .executeTakeFirstOrThrow();
+      expect(Number(count.n)).toBe(20_001);
+    });
+
     it('is idempotent: the same bytes pushed again record nothing new', async () => {
       const first = await pushImage('pull/again', 'v1');
       const again = await putManifest('pull/again', 'v1', JSON.parse(first.body.toString()));
@@ -269,6 +289,19 @@ describe('manifest protocol', () => {
       });
       expect(empty.status).toBe(400);
       expect(await errorCodes(empty)).toEqual(['MANIFEST_INVALID']);
+    });
+
+    it('refuses strings holding U+0000, which the database cannot store', async () => {
+      const config = { ...(await blob('refuse/nul')), mediaType: MEDIA_TYPE.OCI_CONFIG };
+      const r = await putManifest('refuse/nul', 'v1', {
+        schemaVersion: 2,
+        mediaType: MEDIA_TYPE.OCI_MANIFEST,
+        config,
+        layers: [],
+        artifactType: 'application/x\u0000',
+      });
+      expect(r.res.status).toBe(400);
+      expect(await errorCodes(r.res)).toEqual(['MANIFEST_INVALID']);
     });
 
     it('refuses a manifest over 4 MiB with 413, declared or streamed', async () => {
@@ -439,6 +472,51 @@ describe('manifest protocol', () => {
       const moves = (await events(repo)).filter((e) => e.type === 'tag.moved');
       expect(moves).toHaveLength(12);
       expect((moves[0]!.payload as { previous: string | null }).previous).toBeNull();
+    });
+
+    it('keeps tags and lifetimes consistent under racing pushes, tag deletes and manifest deletes', async () => {
+      const repo = 'tags/churn';
+      const config = { ...(await blob(repo)), mediaType: MEDIA_TYPE.OCI_CONFIG };
+      const bodies = [0, 1, 2].map((i) => ({
+        schemaVersion: 2,
+        mediaType: MEDIA_TYPE.OCI_MANIFEST,
+        config,
+        layers: [],
+        annotations: { n: String(i) },
+      }));
+      const digests = bodies.map((b) => sha256(Buffer.from(JSON.stringify(b))));
+      const ops: Promise<number>[] = [];
+      for (let round = 0; round < 8; round++) {
+        for (const [i, json] of bodies.entries()) {
+          ops.push(putManifest(repo, i === 2 ? 'b' : 'a', json).then((r) => r.res.status));
+          ops.push(putManifest(repo, 'b', json).then((r) => r.res.status));
+        }
+        ops.push(fetch(url(`/v2/${repo}/manifests/a`), { method: 'DELETE' }).then((r) => r.status));
+        ops.push(
+          fetch(url(`/v2/${repo}/manifests/${digests[round % 3]!}`), { method: 'DELETE' }).then(
+            (r) => r.status,
+          ),
+        );
+      }
+      const statuses = await Promise.all(ops);
+      expect(statuses.every((s) => s === 201 || s === 202 || s === 404)).toBe(true);
+      const check = await sql<{
+        tag: string;
+        tag_digest: string | null;
+        open_digest: string | null;
+        open: number;
+      }>`
+        SELECT coalesce(t.name, l.tag) AS tag, t.digest AS tag_digest, l.digest AS open_digest, l.open
+        FROM (SELECT tag, min(digest) AS digest, count(*)::int AS open FROM tag_lifetimes
+              WHERE ended_at IS NULL AND repository_id = (SELECT id FROM repositories WHERE name = ${repo})
+              GROUP BY tag) l
+        FULL JOIN (SELECT name, digest FROM tags
+                   WHERE repository_id = (SELECT id FROM repositories WHERE name = ${repo})) t ON t.name = l.tag
+      `.execute(t.database.db);
+      for (const row of check.rows) {
+        expect(row.open).toBe(1);
+        expect(row.open_digest).toBe(row.tag_digest);
+      }
     });
 
     it('lists tags in lexical order with Link pagination', async () => {

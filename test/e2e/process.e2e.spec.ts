@@ -78,7 +78,9 @@ describe('the strata process', () => {
       // costs: a process that buffered would grow by the body's 64 MiB.
       for (let i = 0; i < 2; i++) {
         const post = await fetch(`${server.url}/v2/mem/blobs/uploads/`, { method: 'POST' });
-        expect(await slowPatch(`${server.url}${post.headers.get('location')}`, 32 << 20, 1 << 20, 0)).toBe(202);
+        expect(await slowPatch(`${server.url}${post.headers.get('location')}`, 32 << 20, 1 << 20, 0)).toBe(
+          202,
+        );
       }
       const before = await server.rssKiB('VmRSS');
       const post = await fetch(`${server.url}/v2/mem/blobs/uploads/`, { method: 'POST' });
@@ -94,7 +96,11 @@ describe('the strata process', () => {
   });
 
   it('on SIGTERM stops accepting, finishes the in-flight request and exits 0', async () => {
-    const server = await startServer({ DATABASE_URL: database.url, STRATA_DATA_DIR: dataDir, STRATA_SHUTDOWN_TIMEOUT: '20s' });
+    const server = await startServer({
+      DATABASE_URL: database.url,
+      STRATA_DATA_DIR: dataDir,
+      STRATA_SHUTDOWN_TIMEOUT: '20s',
+    });
     const post = await fetch(`${server.url}/v2/drain/blobs/uploads/`, { method: 'POST' });
     const location = post.headers.get('location')!;
     const inflight = slowPatch(`${server.url}${location}`, 2 << 20, 128 << 10, 100);
@@ -103,7 +109,11 @@ describe('the strata process', () => {
     expect(await inflight).toBe(202);
     expect(await server.exited).toBe(0);
     await expect(fetch(`${server.url}/v2/`)).rejects.toThrow();
-    const size = await database.db.selectFrom('uploads').select('size').where('id', '=', location.split('/').pop()!).executeTakeFirst();
+    const size = await database.db
+      .selectFrom('uploads')
+      .select('size')
+      .where('id', '=', location.split('/').pop()!)
+      .executeTakeFirst();
     expect(size?.size).toBe(2 << 20);
     noErrors(server);
     const messages = server.lines.map((l) => l.msg);
@@ -114,7 +124,10 @@ describe('the strata process', () => {
   it('writes JSON log lines that carry the request id, which every response carries too', async () => {
     const server = await startServer({ DATABASE_URL: database.url, STRATA_DATA_DIR: dataDir });
     try {
-      const res = await fetch(`${server.url}/v2/logs/blobs/uploads/`, { method: 'POST', headers: { 'x-request-id': 'trace-me-123' } });
+      const res = await fetch(`${server.url}/v2/logs/blobs/uploads/`, {
+        method: 'POST',
+        headers: { 'x-request-id': 'trace-me-123' },
+      });
       expect(res.headers.get('x-request-id')).toBe('trace-me-123');
       const other = await fetch(`${server.url}/v2/`);
       expect(other.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);

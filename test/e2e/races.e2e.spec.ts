@@ -47,80 +47,95 @@ async function chunkedPush(
   };
 }
 
-describe.each(['filesystem', 'postgres'] as const)('concurrent identical uploads on %s storage', (storage) => {
-  let database: TestDatabase;
-  let dataDir: string;
-  let a: TestApp;
-  let b: TestApp;
+describe.each(['filesystem', 'postgres'] as const)(
+  'concurrent identical uploads on %s storage',
+  (storage) => {
+    let database: TestDatabase;
+    let dataDir: string;
+    let a: TestApp;
+    let b: TestApp;
 
-  beforeAll(async () => {
-    database = await createTestDatabase();
-    dataDir = await mkdtemp(join(tmpdir(), 'strata-races-'));
-    a = await startTestApp({ storage, database, dataDir });
-    b = await startTestApp({ storage, database, dataDir });
-  });
+    beforeAll(async () => {
+      database = await createTestDatabase();
+      dataDir = await mkdtemp(join(tmpdir(), 'strata-races-'));
+      a = await startTestApp({ storage, database, dataDir });
+      b = await startTestApp({ storage, database, dataDir });
+    });
 
-  afterAll(async () => {
-    expect(a.serverErrors()).toEqual([]);
-    expect(b.serverErrors()).toEqual([]);
-    await a.close();
-    await b.close();
-    await database.drop();
-    await rm(dataDir, { recursive: true, force: true });
-  });
+    afterAll(async () => {
+      expect(a.serverErrors()).toEqual([]);
+      expect(b.serverErrors()).toEqual([]);
+      await a.close();
+      await b.close();
+      await database.drop();
+      await rm(dataDir, { recursive: true, force: true });
+    });
 
-  it(`gives every one of ${CLIENTS} clients a 201 and a true HEAD right after (one replica)`, async () => {
-    const data = randomBytes(BLOB_SIZE);
-    const digest = sha256(data);
-    const results = await Promise.all(
-      Array.from({ length: CLIENTS }, (_, i) => chunkedPush([a.url], 'race/one', data, digest, i)),
-    );
-    for (const r of results) {
-      expect(r).toEqual({ put: 201, head: 200, length: String(BLOB_SIZE), headDigest: digest });
-    }
-    const blobs = await database.db.selectFrom('blobs').select(['digest', 'size']).where('digest', '=', digest).execute();
-    expect(blobs).toEqual([{ digest, size: BLOB_SIZE }]);
-    const get = await fetch(`${b.url}/v2/race/one/blobs/${digest}`);
-    expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
-    const committed = await database.db
-      .selectFrom('events')
-      .select((eb) => eb.fn.countAll<string>().as('n'))
-      .where('type', '=', 'upload.committed')
-      .where('subject', '=', digest)
-      .executeTakeFirstOrThrow();
-    expect(Number(committed.n)).toBe(CLIENTS);
-  });
+    it(`gives every one of ${CLIENTS} clients a 201 and a true HEAD right after (one replica)`, async () => {
+      const data = randomBytes(BLOB_SIZE);
+      const digest = sha256(data);
+      const results = await Promise.all(
+        Array.from({ length: CLIENTS }, (_, i) => chunkedPush([a.url], 'race/one', data, digest, i)),
+      );
+      for (const r of results) {
+        expect(r).toEqual({ put: 201, head: 200, length: String(BLOB_SIZE), headDigest: digest });
+      }
+      const blobs = await database.db
+        .selectFrom('blobs')
+        .select(['digest', 'size'])
+        .where('digest', '=', digest)
+        .execute();
+      expect(blobs).toEqual([{ digest, size: BLOB_SIZE }]);
+      const get = await fetch(`${b.url}/v2/race/one/blobs/${digest}`);
+      expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
+      const committed = await database.db
+        .selectFrom('events')
+        .select((eb) => eb.fn.countAll<string>().as('n'))
+        .where('type', '=', 'upload.committed')
+        .where('subject', '=', digest)
+        .executeTakeFirstOrThrow();
+      expect(Number(committed.n)).toBe(CLIENTS);
+    });
 
-  it(`does the same with the ${CLIENTS} clients and their chunks spread over two replicas`, async () => {
-    const data = randomBytes(BLOB_SIZE);
-    const digest = sha256(data);
-    const results = await Promise.all(
-      Array.from({ length: CLIENTS }, (_, i) => chunkedPush([a.url, b.url], 'race/two', data, digest, i)),
-    );
-    for (const r of results) {
-      expect(r).toEqual({ put: 201, head: 200, length: String(BLOB_SIZE), headDigest: digest });
-    }
-    const get = await fetch(`${a.url}/v2/race/two/blobs/${digest}`);
-    expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
-  });
+    it(`does the same with the ${CLIENTS} clients and their chunks spread over two replicas`, async () => {
+      const data = randomBytes(BLOB_SIZE);
+      const digest = sha256(data);
+      const results = await Promise.all(
+        Array.from({ length: CLIENTS }, (_, i) => chunkedPush([a.url, b.url], 'race/two', data, digest, i)),
+      );
+      for (const r of results) {
+        expect(r).toEqual({ put: 201, head: 200, length: String(BLOB_SIZE), headDigest: digest });
+      }
+      const get = await fetch(`${a.url}/v2/race/two/blobs/${digest}`);
+      expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
+    });
 
-  it('lets exactly one of two racing PATCHes at the same offset win, without corrupting the winner', async () => {
-    for (let round = 0; round < 5; round++) {
-      const post = await fetch(`${a.url}/v2/race/patch/blobs/uploads/`, { method: 'POST' });
-      const location = post.headers.get('location')!;
-      const x = randomBytes(1024 * 1024);
-      const y = randomBytes(1024 * 1024);
-      const [rx, ry] = await Promise.all([
-        fetch(`${a.url}${location}`, { method: 'PATCH', body: x, headers: { 'content-range': `0-${x.length - 1}` } }),
-        fetch(`${b.url}${location}`, { method: 'PATCH', body: y, headers: { 'content-range': `0-${y.length - 1}` } }),
-      ]);
-      const statuses = [rx.status, ry.status].sort();
-      expect(statuses).toEqual([202, 416]);
-      const winner = rx.status === 202 ? x : y;
-      const put = await fetch(`${b.url}${location}?digest=${sha256(winner)}`, { method: 'PUT' });
-      expect(put.status).toBe(201);
-      const get = await fetch(`${a.url}/v2/race/patch/blobs/${sha256(winner)}`);
-      expect(Buffer.from(await get.arrayBuffer()).equals(winner)).toBe(true);
-    }
-  });
-});
+    it('lets exactly one of two racing PATCHes at the same offset win, without corrupting the winner', async () => {
+      for (let round = 0; round < 5; round++) {
+        const post = await fetch(`${a.url}/v2/race/patch/blobs/uploads/`, { method: 'POST' });
+        const location = post.headers.get('location')!;
+        const x = randomBytes(1024 * 1024);
+        const y = randomBytes(1024 * 1024);
+        const [rx, ry] = await Promise.all([
+          fetch(`${a.url}${location}`, {
+            method: 'PATCH',
+            body: x,
+            headers: { 'content-range': `0-${x.length - 1}` },
+          }),
+          fetch(`${b.url}${location}`, {
+            method: 'PATCH',
+            body: y,
+            headers: { 'content-range': `0-${y.length - 1}` },
+          }),
+        ]);
+        const statuses = [rx.status, ry.status].sort();
+        expect(statuses).toEqual([202, 416]);
+        const winner = rx.status === 202 ? x : y;
+        const put = await fetch(`${b.url}${location}?digest=${sha256(winner)}`, { method: 'PUT' });
+        expect(put.status).toBe(201);
+        const get = await fetch(`${a.url}/v2/race/patch/blobs/${sha256(winner)}`);
+        expect(Buffer.from(await get.arrayBuffer()).equals(winner)).toBe(true);
+      }
+    });
+  },
+);

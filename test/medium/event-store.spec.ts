@@ -6,7 +6,6 @@ import { EventStore, type EventType, type NewEvent, type RequestMeta } from '@st
 import { createTestDatabase, type TestDatabase } from '../support/test-database';
 
 const meta: RequestMeta = { actor: 'anonymous', requestId: 'r1', clientAddr: '127.0.0.1', userAgent: 'jest' };
-const APPEND_ONLY = /^events are append-only: (UPDATE|DELETE|TRUNCATE) is not allowed$/;
 
 const unique = (prefix: string): string => `${prefix}-${randomBytes(6).toString('hex')}`;
 
@@ -166,7 +165,6 @@ describe('event store', () => {
       ['TRUNCATE', 'TRUNCATE events, tag_lifetimes'],
     ])('refuses %s in raw SQL: %s', async (op, text) => {
       const err = await rejection(admin.query(text));
-      expect(err.message).toMatch(APPEND_ONLY);
       expect(err.message).toBe(`events are append-only: ${op} is not allowed`);
       expect(err.code).toBe('42501');
       await unchanged();

@@ -35,12 +35,22 @@ async function dockerAnswers(): Promise<boolean> {
 
 export async function providePostgres(): Promise<ProvidedPostgres> {
   const url = process.env.DATABASE_URL;
-  if (url) return { kind: 'DATABASE_URL', adminUrl: url, stop: async () => undefined };
+  if (url) return { kind: 'DATABASE_URL', adminUrl: url, stop: () => Promise.resolve() };
 
   if (await dockerAnswers()) {
     const { PostgreSqlContainer } = await import('@testcontainers/postgresql');
     const container = await new PostgreSqlContainer('postgres:15-alpine')
-      .withCommand(['postgres', '-c', 'fsync=off', '-c', 'full_page_writes=off', '-c', 'synchronous_commit=off', '-c', 'max_connections=300'])
+      .withCommand([
+        'postgres',
+        '-c',
+        'fsync=off',
+        '-c',
+        'full_page_writes=off',
+        '-c',
+        'synchronous_commit=off',
+        '-c',
+        'max_connections=300',
+      ])
       .start();
     return {
       kind: 'testcontainers',

@@ -25,7 +25,7 @@ export async function startServer(env: Record<string, string>, port?: number): P
   const lines: Record<string, unknown>[] = [];
   const stderr: string[] = [];
   let buf = '';
-  child.stdout!.on('data', (d: Buffer) => {
+  child.stdout.on('data', (d: Buffer) => {
     buf += d.toString('utf8');
     let i;
     while ((i = buf.indexOf('\n')) >= 0) {
@@ -34,12 +34,14 @@ export async function startServer(env: Record<string, string>, port?: number): P
       if (line.trim()) lines.push(JSON.parse(line) as Record<string, unknown>);
     }
   });
-  child.stderr!.on('data', (d: Buffer) => stderr.push(d.toString('utf8')));
-  const exited = new Promise<number | string>((res) => child.once('exit', (code, signal) => res(code ?? signal ?? -1)));
+  child.stderr.on('data', (d: Buffer) => stderr.push(d.toString('utf8')));
+  const exited = new Promise<number | string>((res) =>
+    child.once('exit', (code, signal) => res(code ?? signal ?? -1)),
+  );
   const url = `http://127.0.0.1:${p}`;
   const deadline = Date.now() + 60_000;
   for (;;) {
-    const early = await Promise.race([exited, new Promise((r) => setTimeout(() => r(null), 100))]);
+    const early = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 100))]);
     if (early !== null) throw new Error(`server exited (${String(early)}): ${stderr.join('')}`);
     const ok = await fetch(`${url}/v2/`).then(
       (r) => r.status === 200,

@@ -50,13 +50,19 @@ export async function startTestApp(options: TestAppOptions = {}): Promise<TestAp
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
-      for (const line of chunk.toString('utf8').split('\n')) if (line) logs.push(JSON.parse(line) as Record<string, unknown>);
+      for (const line of chunk.toString('utf8').split('\n'))
+        if (line) logs.push(JSON.parse(line) as Record<string, unknown>);
       cb();
     },
   });
-  const logger = pino({ level: 'info', base: { service: 'strata' }, formatters: { level: (l) => ({ level: l }) } }, sink);
+  const logger = pino(
+    { level: 'info', base: { service: 'strata' }, formatters: { level: (l) => ({ level: l }) } },
+    sink,
+  );
   const storage: BlobStorage =
-    config.storage === 'postgres' ? new LargeObjectDriver(database.db) : new FilesystemDriver(join(dataDir, 'storage'));
+    config.storage === 'postgres'
+      ? new LargeObjectDriver(database.db)
+      : new FilesystemDriver(join(dataDir, 'storage'));
   await storage.init();
   const runtime: Runtime = { config, logger, pool: database.pool, db: database.db, storage, embedded: null };
   const app = await createApp(runtime);
@@ -73,9 +79,17 @@ export async function startTestApp(options: TestAppOptions = {}): Promise<TestAp
     dataDir,
     logs,
     serverErrors: () =>
-      logs.filter((l) => l.level === 'error' || l.level === 'fatal' || (typeof l.status === 'number' && l.status >= 500)),
+      logs.filter(
+        (l) =>
+          l.level === 'error' || l.level === 'fatal' || (typeof l.status === 'number' && l.status >= 500),
+      ),
     close: async () => {
+      // A client that stopped sending a body the server already answered keeps its connection busy; tests do
+      // not wait out the keep-alive timeout for it.
+      const server = app.getHttpAdapter().getInstance().server;
+      const cut = setTimeout(() => server.closeAllConnections(), 1000);
       await app.close();
+      clearTimeout(cut);
       if (ownsDatabase) await database.drop();
       if (ownsDir) await rm(dataDir, { recursive: true, force: true });
     },

@@ -31,7 +31,12 @@ async function serve(config: Config): Promise<void> {
   const app = await createApp(runtime);
   await app.listen(config.port, config.host);
   logger.info(
-    { host: config.host, port: config.port, storage: config.storage, database: runtime.embedded ? 'embedded' : 'external' },
+    {
+      host: config.host,
+      port: config.port,
+      storage: config.storage,
+      database: runtime.embedded ? 'embedded' : 'external',
+    },
     'strata listening',
   );
 
@@ -43,7 +48,10 @@ async function serve(config: Config): Promise<void> {
     const server = app.getHttpAdapter().getInstance().server;
     // Past the deadline, in-flight requests are cut so the process still stops.
     const deadline = setTimeout(() => {
-      logger.warn({ timeoutMs: config.shutdownTimeoutMs }, 'failed to drain requests in time, closing connections');
+      logger.warn(
+        { timeoutMs: config.shutdownTimeoutMs },
+        'failed to drain requests in time, closing connections',
+      );
       server.closeAllConnections();
     }, config.shutdownTimeoutMs);
     deadline.unref();
@@ -86,7 +94,9 @@ async function main(argv: string[]): Promise<void> {
       return runMigrate(configOrExit());
     case 'verify-config': {
       const config = configOrExit();
-      process.stdout.write(`configuration is valid\n${JSON.stringify({ ...config, databaseUrl: config.databaseUrl ? '(set)' : null }, null, 2)}\n`);
+      process.stdout.write(
+        `configuration is valid\n${JSON.stringify({ ...config, databaseUrl: config.databaseUrl ? '(set)' : null }, null, 2)}\n`,
+      );
       return;
     }
     case '-h':
@@ -101,6 +111,8 @@ async function main(argv: string[]): Promise<void> {
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {
-  process.stderr.write(`strata: failed to start: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.stderr.write(
+    `strata: failed to start: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+  );
   process.exit(1);
 });

@@ -54,6 +54,8 @@ export async function startRuntime(config: Config, logger: Logger): Promise<Runt
 }
 
 export async function stopRuntime(runtime: Runtime): Promise<void> {
-  await runtime.db.destroy().catch((err: unknown) => runtime.logger.warn({ err }, 'failed to close database pool'));
+  await runtime.db
+    .destroy()
+    .catch((err: unknown) => runtime.logger.warn({ err }, 'failed to close database pool'));
   await runtime.embedded?.stop();
 }

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 
 interface EmbeddedPostgresInstance {
   initialise(): Promise<void>;
@@ -69,6 +69,8 @@ export class EmbeddedPostgres {
     // Traversable: as root, the cluster runs as the `postgres` user and must reach its directory below this one.
     await mkdir(dir, { recursive: true, mode: 0o755 });
     await chmod(dir, 0o755);
+    const isRootUser = typeof process.getuid === 'function' && process.getuid() === 0;
+    if (isRootUser) await this.makeTraversable(dir);
     this.credentials = await this.loadCredentials(join(dir, 'credentials.json'));
     this.port = await freePort();
     const log = this.options.log ?? (() => undefined);
@@ -105,6 +107,17 @@ export class EmbeddedPostgres {
     const instance = this.instance;
     this.instance = undefined;
     if (instance) await instance.stop();
+  }
+
+  /** As root the cluster runs as `postgres`, which must be able to pass through every directory above it. */
+  private async makeTraversable(dir: string): Promise<void> {
+    for (let d = dirname(dir); d !== dirname(d); d = dirname(d)) {
+      const { mode } = await stat(d);
+      if ((mode & 0o001) === 0) {
+        await chmod(d, (mode & 0o7777) | 0o001);
+        this.options.log?.(`made ${d} traversable (o+x) for the postgres user`);
+      }
+    }
   }
 
   private async loadCredentials(file: string): Promise<Credentials> {

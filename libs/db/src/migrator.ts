@@ -72,6 +72,8 @@ export async function pendingMigrations(pool: pg.Pool, dir = DEFAULT_MIGRATIONS_
   const files = await listMigrations(dir);
   const exists = await pool.query<{ t: string | null }>("SELECT to_regclass('schema_migrations')::text AS t");
   if (!exists.rows[0]?.t) return files;
-  const done = new Set((await pool.query<{ name: string }>('SELECT name FROM schema_migrations')).rows.map((r) => r.name));
+  const done = new Set(
+    (await pool.query<{ name: string }>('SELECT name FROM schema_migrations')).rows.map((r) => r.name),
+  );
   return files.filter((f) => !done.has(f));
 }

@@ -34,7 +34,9 @@ describe('the OCI error table', () => {
     const e = new RegistryError('BLOB_UNKNOWN', { digest: 'sha256:00' });
     expect(e.status).toBe(404);
     expect(e.toEnvelope()).toEqual({
-      errors: [{ code: 'BLOB_UNKNOWN', message: 'blob unknown to registry', detail: { digest: 'sha256:00' } }],
+      errors: [
+        { code: 'BLOB_UNKNOWN', message: 'blob unknown to registry', detail: { digest: 'sha256:00' } },
+      ],
     });
   });
 });

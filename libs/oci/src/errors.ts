@@ -32,8 +32,16 @@ interface ErrorEntry {
 export const ERROR_TABLE = {
   BLOB_UNKNOWN: { code: 'BLOB_UNKNOWN', status: 404, message: 'blob unknown to registry' },
   BLOB_UPLOAD_INVALID: { code: 'BLOB_UPLOAD_INVALID', status: 400, message: 'blob upload invalid' },
-  BLOB_UPLOAD_UNKNOWN: { code: 'BLOB_UPLOAD_UNKNOWN', status: 404, message: 'blob upload unknown to registry' },
-  DIGEST_INVALID: { code: 'DIGEST_INVALID', status: 400, message: 'provided digest did not match uploaded content' },
+  BLOB_UPLOAD_UNKNOWN: {
+    code: 'BLOB_UPLOAD_UNKNOWN',
+    status: 404,
+    message: 'blob upload unknown to registry',
+  },
+  DIGEST_INVALID: {
+    code: 'DIGEST_INVALID',
+    status: 400,
+    message: 'provided digest did not match uploaded content',
+  },
   MANIFEST_BLOB_UNKNOWN: {
     code: 'MANIFEST_BLOB_UNKNOWN',
     status: 400,
@@ -43,7 +51,11 @@ export const ERROR_TABLE = {
   MANIFEST_UNKNOWN: { code: 'MANIFEST_UNKNOWN', status: 404, message: 'manifest unknown to registry' },
   NAME_INVALID: { code: 'NAME_INVALID', status: 400, message: 'invalid repository name' },
   NAME_UNKNOWN: { code: 'NAME_UNKNOWN', status: 404, message: 'repository name not known to registry' },
-  SIZE_INVALID: { code: 'SIZE_INVALID', status: 400, message: 'provided length did not match content length' },
+  SIZE_INVALID: {
+    code: 'SIZE_INVALID',
+    status: 400,
+    message: 'provided length did not match content length',
+  },
   UNAUTHORIZED: { code: 'UNAUTHORIZED', status: 401, message: 'authentication required' },
   DENIED: { code: 'DENIED', status: 403, message: 'requested access to the resource is denied' },
   UNSUPPORTED: { code: 'UNSUPPORTED', status: 400, message: 'the operation is unsupported' },

@@ -41,12 +41,16 @@ export function looksLikeDigest(reference: string): boolean {
  * does not compute with UNSUPPORTED.
  */
 export function parseDigest(value: string): ParsedDigest {
-  if (!DIGEST_RE.test(value)) throw new RegistryError('DIGEST_INVALID', { digest: value, reason: 'malformed' });
+  if (!DIGEST_RE.test(value))
+    throw new RegistryError('DIGEST_INVALID', { digest: value, reason: 'malformed' });
   const colon = value.indexOf(':');
   const algorithm = value.slice(0, colon);
   const hex = value.slice(colon + 1);
   if (algorithm !== 'sha256' && algorithm !== 'sha512') {
-    throw new RegistryError('UNSUPPORTED', { digest: value, reason: `digest algorithm ${algorithm} is not supported` });
+    throw new RegistryError('UNSUPPORTED', {
+      digest: value,
+      reason: `digest algorithm ${algorithm} is not supported`,
+    });
   }
   if (hex.length !== DIGEST_HEX_LENGTH[algorithm] || !/^[a-f0-9]+$/.test(hex)) {
     throw new RegistryError('DIGEST_INVALID', { digest: value, reason: `malformed ${algorithm} digest` });

@@ -140,6 +140,8 @@ describe('parseManifest', () => {
       body({ schemaVersion: 2, mediaType: MEDIA_TYPE.OCI_INDEX }),
       MEDIA_TYPE.OCI_INDEX,
     ],
+    ['a NUL in an annotation', body(image({ annotations: { a: 'x\u0000y' } })), MEDIA_TYPE.OCI_MANIFEST],
+    ['a NUL in an annotation key', body(image({ annotations: { 'a\u0000': 'x' } })), MEDIA_TYPE.OCI_MANIFEST],
     ['an unknown media type', body(image({ mediaType: 'application/x-other' })), 'application/x-other'],
   ])('refuses %s as MANIFEST_INVALID', (_case, buf, contentType) => {
     expect(refusal(() => parseManifest(buf, contentType)).code).toBe('MANIFEST_INVALID');

@@ -114,6 +114,8 @@ function descriptors(v: unknown, field: string): Descriptor[] {
   return v.map((d, i) => descriptor(d, `${field}[${i}]`));
 }
 
+class NulError extends Error {}
+
 function parseJson(body: Buffer): Record<string, unknown> {
   let text: string;
   try {
@@ -123,8 +125,13 @@ function parseJson(body: Buffer): Record<string, unknown> {
   }
   let json: unknown;
   try {
-    json = JSON.parse(text);
+    json = JSON.parse(text, (key, value: unknown) => {
+      // PostgreSQL text and jsonb cannot hold U+0000, and no legitimate manifest field needs it.
+      if (key.includes('\0') || (typeof value === 'string' && value.includes('\0'))) throw new NulError();
+      return value;
+    });
   } catch (e) {
+    if (e instanceof NulError) throw invalid('manifest strings must not contain U+0000');
     throw invalid(`manifest is not JSON: ${(e as Error).message}`);
   }
   if (!isObject(json)) throw invalid('manifest must be a JSON object');

@@ -53,7 +53,13 @@ export class BlobService {
         .where('digest', '=', digest)
         .executeTakeFirst();
       if (del.numDeletedRows !== 1n) return false;
-      await this.events.append(tx, { type: 'blob.unlinked', repository, subject: digest, payload: { digest }, meta });
+      await this.events.append(tx, {
+        type: 'blob.unlinked',
+        repository,
+        subject: digest,
+        payload: { digest },
+        meta,
+      });
       return true;
     });
     if (!removed) throw new RegistryError('BLOB_UNKNOWN', { digest });

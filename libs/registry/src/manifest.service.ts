@@ -62,6 +62,7 @@ export async function readLimited(body: AsyncIterable<Buffer> | null, limit: num
 }
 
 const UNIQUE_RETRIES = 5;
+const INSERT_BATCH = 1000;
 
 /**
  * Manifests and the tags on them. Every write is one transaction holding its projection rows and events. A tag's
@@ -102,19 +103,19 @@ export class ManifestService {
       await this.checkReferences(tx, repositoryId, manifest);
       const inserted = await this.insertManifest(tx, repositoryId, digest, manifest, bytes);
       if (inserted) {
-        if (manifest.references.length > 0) {
+        const rows = manifest.references.map((r, position) => ({
+          repository_id: repositoryId,
+          parent_digest: digest,
+          child_digest: r.digest,
+          kind: r.kind,
+          position,
+          size: r.size,
+        }));
+        // Batched: a 4 MiB manifest may list more descriptors than one statement can bind parameters for.
+        for (let i = 0; i < rows.length; i += INSERT_BATCH) {
           await tx
             .insertInto('manifest_references')
-            .values(
-              manifest.references.map((r, position) => ({
-                repository_id: repositoryId,
-                parent_digest: digest,
-                child_digest: r.digest,
-                kind: r.kind,
-                position,
-                size: r.size,
-              })),
-            )
+            .values(rows.slice(i, i + INSERT_BATCH))
             .execute();
         }
         await this.events.append(tx, {
@@ -164,7 +165,7 @@ export class ManifestService {
         .innerJoin('blobs as b', 'b.digest', 'rb.digest')
         .select(['rb.digest', 'b.size'])
         .where('rb.repository_id', '=', repositoryId)
-        .where('rb.digest', 'in', blobDigests)
+        .where('rb.digest', '=', sql<string>`any(${blobDigests}::text[])`)
         .forShare('rb')
         .execute();
       for (const r of rows) sizes.set(r.digest, r.size);
@@ -174,7 +175,7 @@ export class ManifestService {
         .selectFrom('manifests')
         .select(['digest', 'size'])
         .where('repository_id', '=', repositoryId)
-        .where('digest', 'in', childDigests)
+        .where('digest', '=', sql<string>`any(${childDigests}::text[])`)
         .forShare()
         .execute();
       for (const r of rows) sizes.set(r.digest, r.size);

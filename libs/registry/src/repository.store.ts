@@ -15,7 +15,11 @@ export class RepositoryStore {
     assertName(name);
     const cached = this.ids.get(name);
     if (cached) return cached;
-    const row = await this.db.selectFrom('repositories').select('id').where('name', '=', name).executeTakeFirst();
+    const row = await this.db
+      .selectFrom('repositories')
+      .select('id')
+      .where('name', '=', name)
+      .executeTakeFirst();
     if (row) this.remember(name, row.id);
     return row ? row.id : null;
   }
@@ -25,8 +29,16 @@ export class RepositoryStore {
     const found = await this.find(name);
     if (found) return found;
     const db = this.db;
-    await db.insertInto('repositories').values({ name }).onConflict((oc) => oc.column('name').doNothing()).execute();
-    const row = await db.selectFrom('repositories').select('id').where('name', '=', name).executeTakeFirstOrThrow();
+    await db
+      .insertInto('repositories')
+      .values({ name })
+      .onConflict((oc) => oc.column('name').doNothing())
+      .execute();
+    const row = await db
+      .selectFrom('repositories')
+      .select('id')
+      .where('name', '=', name)
+      .executeTakeFirstOrThrow();
     this.remember(name, row.id);
     return row.id;
   }

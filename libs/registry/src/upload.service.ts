@@ -74,7 +74,8 @@ export class UploadService {
 
   private async load(repository: string, id: string): Promise<UploadRow> {
     const repositoryId = await this.repositories.find(repository);
-    if (!UUID_RE.test(id) || repositoryId === null) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+    if (!UUID_RE.test(id) || repositoryId === null)
+      throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
     const row = await this.db
       .selectFrom('uploads')
       .selectAll()
@@ -136,7 +137,8 @@ export class UploadService {
     const written = await this.storage.write(key, tap(body, digester));
     if (written === 0) {
       await this.storage.delete(key);
-      if (range && range.end >= range.start) throw new RegistryError('RANGE_INVALID', { expected: range, received: 0 });
+      if (range && range.end >= range.start)
+        throw new RegistryError('RANGE_INVALID', { expected: range, received: 0 });
       return offset;
     }
     if (range && range.end - range.start + 1 !== written) {
@@ -158,7 +160,10 @@ export class UploadService {
         .where('size', '=', offset)
         .executeTakeFirst();
       if (updated.numUpdatedRows !== 1n) return false;
-      await tx.insertInto('upload_chunks').values({ upload_id: row.id, offset, size: written, storage_key: key }).execute();
+      await tx
+        .insertInto('upload_chunks')
+        .values({ upload_id: row.id, offset, size: written, storage_key: key })
+        .execute();
       await this.events.append(tx, {
         type: 'upload.chunk',
         repository,
@@ -170,7 +175,11 @@ export class UploadService {
     });
     if (!accepted) {
       await this.storage.delete(key);
-      const current = await this.db.selectFrom('uploads').select('size').where('id', '=', row.id).executeTakeFirst();
+      const current = await this.db
+        .selectFrom('uploads')
+        .select('size')
+        .where('id', '=', row.id)
+        .executeTakeFirst();
       if (!current) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: row.id });
       throw this.rangeError(repository, row.id, current.size);
     }
@@ -201,7 +210,8 @@ export class UploadService {
       if (end <= from || c.offset >= to) continue;
       const start = Math.max(from, c.offset) - c.offset;
       const last = Math.min(to, end) - 1 - c.offset;
-      for await (const b of await this.storage.read(c.storage_key, { start, end: last })) digester.update(b as Buffer);
+      for await (const b of await this.storage.read(c.storage_key, { start, end: last }))
+        digester.update(b as Buffer);
     }
   }
 
@@ -232,12 +242,20 @@ export class UploadService {
       throw new Error(`failed to commit upload ${id}: chunk rows do not add up to ${size} bytes`);
     }
     const repositoryId = row.repository_id;
-    const existing = await this.db.selectFrom('blobs').select(['size']).where('digest', '=', digest).executeTakeFirst();
+    const existing = await this.db
+      .selectFrom('blobs')
+      .select(['size'])
+      .where('digest', '=', digest)
+      .executeTakeFirst();
     let key: string | null = null;
     if (!existing && (!this.storage.transactional || chunks.length === 0)) {
       key = blobKey(hex);
       if (chunks.length === 0) await this.storage.write(key, emptyIterable());
-      else await this.storage.compose(key, chunks.map((c) => c.storage_key));
+      else
+        await this.storage.compose(
+          key,
+          chunks.map((c) => c.storage_key),
+        );
     }
     let created = false;
     try {
@@ -253,7 +271,11 @@ export class UploadService {
             .executeTakeFirst();
           if (!raced) {
             key = blobKey(hex);
-            await this.storage.compose(key, chunks.map((c) => c.storage_key), tx);
+            await this.storage.compose(
+              key,
+              chunks.map((c) => c.storage_key),
+              tx,
+            );
           }
         }
         let inserted = false;
@@ -266,16 +288,27 @@ export class UploadService {
           inserted = ins.numInsertedOrUpdatedRows === 1n;
         }
         if (!inserted) {
-          const blob = await tx.selectFrom('blobs').select('size').where('digest', '=', digest).executeTakeFirst();
+          const blob = await tx
+            .selectFrom('blobs')
+            .select('size')
+            .where('digest', '=', digest)
+            .executeTakeFirst();
           if (!blob) throw new Error(`failed to commit upload ${id}: blob ${digest} vanished`);
-          if (blob.size !== size) throw new Error(`failed to commit upload ${id}: ${digest} stored with size ${blob.size}, not ${size}`);
+          if (blob.size !== size)
+            throw new Error(
+              `failed to commit upload ${id}: ${digest} stored with size ${blob.size}, not ${size}`,
+            );
         }
         await tx
           .insertInto('repository_blobs')
           .values({ repository_id: repositoryId, digest })
           .onConflict((oc) => oc.columns(['repository_id', 'digest']).doNothing())
           .execute();
-        const removed = await tx.deleteFrom('uploads').where('id', '=', id).where('size', '=', size).executeTakeFirst();
+        const removed = await tx
+          .deleteFrom('uploads')
+          .where('id', '=', id)
+          .where('size', '=', size)
+          .executeTakeFirst();
         if (removed.numDeletedRows !== 1n) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
         await this.events.append(tx, {
           type: 'upload.committed',
@@ -291,7 +324,10 @@ export class UploadService {
       throw e;
     }
     // The upload's own bytes are no longer needed: a composed blob holds its own links or copy.
-    await this.removeObjects([...chunks.map((c) => c.storage_key), ...(created || key === null ? [] : [key])]);
+    await this.removeObjects([
+      ...chunks.map((c) => c.storage_key),
+      ...(created || key === null ? [] : [key]),
+    ]);
     return { digest, size };
   }
 
@@ -345,7 +381,11 @@ export class UploadService {
         .execute();
       if (rows.length === 0) return { count: 0, keys: [] as string[] };
       const ids = rows.map((r) => r.id);
-      const keys = await tx.selectFrom('upload_chunks').select('storage_key').where('upload_id', 'in', ids).execute();
+      const keys = await tx
+        .selectFrom('upload_chunks')
+        .select('storage_key')
+        .where('upload_id', 'in', ids)
+        .execute();
       await tx.deleteFrom('uploads').where('id', 'in', ids).execute();
       for (const r of rows) {
         await this.events.append(tx, {
@@ -363,7 +403,12 @@ export class UploadService {
   }
 
   /** Monolithic upload: a session, its only bytes and its commit in one request. */
-  async upload(repository: string, digest: string, body: AsyncIterable<Buffer>, meta: RequestMeta): Promise<CommittedBlob> {
+  async upload(
+    repository: string,
+    digest: string,
+    body: AsyncIterable<Buffer>,
+    meta: RequestMeta,
+  ): Promise<CommittedBlob> {
     parseDigest(digest);
     const { id } = await this.start(repository, meta);
     try {

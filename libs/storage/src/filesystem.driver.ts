@@ -157,7 +157,12 @@ export class FilesystemDriver implements BlobStorage {
     const parts = await this.parts(key);
     const first = parts[0];
     if (parts.length === 1 && first) {
-      return createReadStream(first.path, range ? { start: range.start, end: range.end, highWaterMark: 256 * 1024 } : { highWaterMark: 256 * 1024 });
+      return createReadStream(
+        first.path,
+        range
+          ? { start: range.start, end: range.end, highWaterMark: 256 * 1024 }
+          : { highWaterMark: 256 * 1024 },
+      );
     }
     const total = parts.reduce((n, p) => n + p.size, 0);
     const from = range?.start ?? 0;
@@ -196,4 +201,3 @@ export class FilesystemDriver implements BlobStorage {
     await unlink(probe);
   }
 }
-

@@ -26,7 +26,9 @@ export class LargeObjectDriver implements BlobStorage {
 
   async init(): Promise<void> {
     // Writes that never completed (a process killed mid-write) leave rows that no upload references.
-    await sql`DELETE FROM storage_objects WHERE NOT complete AND created_at < now() - interval '1 day'`.execute(this.db);
+    await sql`DELETE FROM storage_objects WHERE NOT complete AND created_at < now() - interval '1 day'`.execute(
+      this.db,
+    );
   }
 
   async write(key: string, source: AsyncIterable<Buffer>): Promise<number> {
@@ -52,7 +54,9 @@ export class LargeObjectDriver implements BlobStorage {
         if (pendingBytes >= SLICE) await flush();
       }
       await flush();
-      await sql`UPDATE storage_objects SET size = ${size}, complete = true WHERE key = ${key}`.execute(this.db);
+      await sql`UPDATE storage_objects SET size = ${size}, complete = true WHERE key = ${key}`.execute(
+        this.db,
+      );
     } catch (e) {
       await this.delete(key).catch(() => undefined);
       throw e;
@@ -92,7 +96,9 @@ export class LargeObjectDriver implements BlobStorage {
     async function* slices(): AsyncGenerator<Buffer> {
       for (let off = from; off <= to; off += SLICE) {
         const len = Math.min(SLICE, to - off + 1);
-        const r = await sql<{ b: Buffer }>`SELECT lo_get(${loid}::oid, ${off}::bigint, ${len}) AS b`.execute(db);
+        const r = await sql<{ b: Buffer }>`SELECT lo_get(${loid}::oid, ${off}::bigint, ${len}) AS b`.execute(
+          db,
+        );
         const b = r.rows[0]?.b;
         if (!b || b.length !== len) throw new Error(`failed to read ${key}: large object ${loid} is short`);
         yield b;

@@ -50,14 +50,19 @@ const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 
 /** `90`, `90s`, `15m`, `24h`, `7d` → seconds. */
 function parseDuration(key: string, raw: string): number {
   const m = /^(\d+)([smhd]?)$/.exec(raw.trim());
-  if (!m) throw new ConfigError(key, `expected a duration such as 3600, 90s, 15m, 24h or 7d, got ${JSON.stringify(raw)}`);
+  if (!m)
+    throw new ConfigError(
+      key,
+      `expected a duration such as 3600, 90s, 15m, 24h or 7d, got ${JSON.stringify(raw)}`,
+    );
   const seconds = Number(m[1]) * (DURATION_UNITS[m[2] || 's'] ?? 1);
   if (seconds <= 0) throw new ConfigError(key, 'must be greater than zero');
   return seconds;
 }
 
 function parseIntIn(key: string, raw: string, min: number, max: number): number {
-  if (!/^\d+$/.test(raw.trim())) throw new ConfigError(key, `expected an integer, got ${JSON.stringify(raw)}`);
+  if (!/^\d+$/.test(raw.trim()))
+    throw new ConfigError(key, `expected an integer, got ${JSON.stringify(raw)}`);
   const n = Number(raw);
   if (n < min || n > max) throw new ConfigError(key, `must be between ${min} and ${max}, got ${n}`);
   return n;
@@ -81,16 +86,23 @@ export function readConfigFile(path: string): Source {
   try {
     text = readFileSync(path, 'utf8');
   } catch (e) {
-    throw new ConfigError('STRATA_CONFIG', `cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`);
+    throw new ConfigError(
+      'STRATA_CONFIG',
+      `cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`,
+    );
   }
   let doc: unknown;
   try {
     doc = parseYaml(text);
   } catch (e) {
-    throw new ConfigError('STRATA_CONFIG', `${path} is not valid YAML or JSON: ${(e as Error).message.split('\n')[0]}`);
+    throw new ConfigError(
+      'STRATA_CONFIG',
+      `${path} is not valid YAML or JSON: ${(e as Error).message.split('\n')[0]}`,
+    );
   }
   if (doc === null || doc === undefined) return {};
-  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError('STRATA_CONFIG', `${path} must hold a mapping`);
+  if (typeof doc !== 'object' || Array.isArray(doc))
+    throw new ConfigError('STRATA_CONFIG', `${path} must hold a mapping`);
   const out: Source = {};
   for (const [k, v] of Object.entries(doc as Record<string, unknown>)) {
     if (!(KEYS as readonly string[]).includes(k)) throw new ConfigError(k, `unknown key in ${path}`);
@@ -124,12 +136,16 @@ export function loadConfig(env: Source = process.env): Config {
     }
   }
   const host = get('HOST') ?? '0.0.0.0';
-  if (!/^[A-Za-z0-9.:_-]+$/.test(host)) throw new ConfigError('HOST', `not a host name or address: ${JSON.stringify(host)}`);
+  if (!/^[A-Za-z0-9.:_-]+$/.test(host))
+    throw new ConfigError('HOST', `not a host name or address: ${JSON.stringify(host)}`);
 
   return {
     databaseUrl,
     dataDir: resolve(get('STRATA_DATA_DIR') ?? './data'),
-    storage: oneOf('STRATA_STORAGE', get('STRATA_STORAGE') ?? 'filesystem', ['filesystem', 'postgres'] as const),
+    storage: oneOf('STRATA_STORAGE', get('STRATA_STORAGE') ?? 'filesystem', [
+      'filesystem',
+      'postgres',
+    ] as const),
     host,
     port: parseIntIn('PORT', get('PORT') ?? '5000', 0, 65535),
     uploadTtlSeconds: parseDuration('STRATA_UPLOAD_TTL', get('STRATA_UPLOAD_TTL') ?? '24h'),
@@ -143,7 +159,8 @@ export function loadConfig(env: Source = process.env): Config {
       'trace',
       'silent',
     ] as const),
-    shutdownTimeoutMs: parseDuration('STRATA_SHUTDOWN_TIMEOUT', get('STRATA_SHUTDOWN_TIMEOUT') ?? '10s') * 1000,
+    shutdownTimeoutMs:
+      parseDuration('STRATA_SHUTDOWN_TIMEOUT', get('STRATA_SHUTDOWN_TIMEOUT') ?? '10s') * 1000,
     dbPoolMax: parseIntIn('STRATA_DB_POOL_MAX', get('STRATA_DB_POOL_MAX') ?? '20', 1, 1000),
     jobsEnabled: parseBool('STRATA_JOBS', get('STRATA_JOBS') ?? 'true'),
   };

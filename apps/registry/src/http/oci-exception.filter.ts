@@ -27,7 +27,8 @@ function fromHttpStatus(status: number): ErrorName {
 
 export function toRegistryError(error: unknown): RegistryError {
   if (error instanceof RegistryError) return error;
-  if (error instanceof HttpException) return new RegistryError(fromHttpStatus(error.getStatus()), error.message);
+  if (error instanceof HttpException)
+    return new RegistryError(fromHttpStatus(error.getStatus()), error.message);
   const status = (error as { statusCode?: unknown })?.statusCode;
   if (typeof status === 'number' && status >= 400 && status < 500) {
     return new RegistryError(fromHttpStatus(status), (error as Error).message);
@@ -36,7 +37,12 @@ export function toRegistryError(error: unknown): RegistryError {
 }
 
 /** Renders any failure as the OCI error envelope; HEAD responses get the status and headers only. */
-export function sendError(error: unknown, request: FastifyRequest, reply: FastifyReply, logger: Logger): void {
+export function sendError(
+  error: unknown,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  logger: Logger,
+): void {
   const e = toRegistryError(error);
   if (e.status >= 500) {
     logger.error({ err: error, method: request.method, url: request.url }, 'failed to serve request');

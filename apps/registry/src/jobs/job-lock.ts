@@ -6,10 +6,16 @@ export const JOB_LOCKS = {
 } as const;
 
 /** Runs `fn` holding the job's session advisory lock, or returns null at once when another replica holds it. */
-export async function withJobLock<T>(pool: pg.Pool, job: keyof typeof JOB_LOCKS, fn: () => Promise<T>): Promise<T | null> {
+export async function withJobLock<T>(
+  pool: pg.Pool,
+  job: keyof typeof JOB_LOCKS,
+  fn: () => Promise<T>,
+): Promise<T | null> {
   const client = await pool.connect();
   try {
-    const { rows } = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [JOB_LOCKS[job]]);
+    const { rows } = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [
+      JOB_LOCKS[job],
+    ]);
     if (!rows[0]?.ok) return null;
     try {
       return await fn();
