@@ -1,7 +1,12 @@
 #!/usr/bin/env node
 // Strata vs. the reference registry (Debian's docker-registry, distribution 2.8): the same workloads against
-// each, one server at a time, printed as one markdown table. `npm run bench`; BENCH_QUICK=1 for a smoke run;
-// BENCH_SERVERS=strata (or reference) to run one side only.
+// each, one server loaded at a time, printed as one markdown table (also written to bench/results.md).
+//   npm run bench                 full run (~5–10 min on 2 cores)
+//   BENCH_QUICK=1                 small sizes, for a smoke run (~1 min)
+//   BENCH_SERVERS=strata          one side only (or reference)
+//   BENCH_SEQUENTIAL=1            one server's whole suite, then the other's (default: workload by workload)
+//   BENCH_QUIET_WAIT=<seconds>    how long to wait, before each workload, for other jobs on the machine to go quiet
+//   DATABASE_URL=postgres://…     PostgreSQL server to create the throw-away bench database on
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -17,7 +22,10 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '..');
 const QUICK = /^(1|true|yes)$/i.test(process.env.BENCH_QUICK ?? '');
 // Seconds to wait, before each workload, for other processes on the machine to go quiet.
-const QUIET_WAIT_S = Number(process.env.BENCH_QUIET_WAIT ?? (QUICK ? 3 : 20));
+const QUIET_WAIT_S = Number(process.env.BENCH_QUIET_WAIT ?? (QUICK ? 3 : 15));
+// Default: both servers up, each workload run on one, then on the other. BENCH_SEQUENTIAL=1: one server's
+// whole suite, then the other's, with only one server process alive at a time.
+const SEQUENTIAL = /^(1|true|yes)$/i.test(process.env.BENCH_SEQUENTIAL ?? '');
 const SERVERS = (process.env.BENCH_SERVERS ?? 'reference,strata').split(',').map((s) => s.trim());
 
 const SIZES = QUICK
@@ -112,62 +120,69 @@ async function prepare(tmp) {
   return { tmp, files, smallBlobs, sizes: SIZES, skopeo: { layout, policy } };
 }
 
-async function benchServer(name, ctx) {
-  const result = { metrics: {}, errors: {}, profiles: {} };
+/** Starts one server; a server that does not start gets every metric as an error. */
+async function openServer(name, ctx) {
+  const state = { name, server: undefined, db: undefined, result: { metrics: {}, errors: {}, profiles: {} } };
   const dir = join(ctx.tmp, name);
   mkdirSync(dir, { recursive: true });
-  let server;
-  let db;
-  const stop = async () => {
+  state.close = async () => {
+    const { server, db } = state;
+    state.server = undefined;
+    state.db = undefined;
     if (server) await stopProcess(server.child);
-    server = undefined;
-  };
-  const dropDb = async () => {
     if (db) await db.drop();
-    db = undefined;
   };
-  cleanups.push(dropDb, stop);
+  cleanups.push(state.close);
   try {
-    if (name === 'reference') server = await startReference({ dir, log });
+    if (name === 'reference') state.server = await startReference({ dir, log });
     else {
-      db = await createBenchDatabase();
-      log(`database ${db.name}`);
-      server = await startStrata({ root: ROOT, dir, db, log });
+      state.db = await createBenchDatabase();
+      log(`database ${state.db.name}`);
+      state.server = await startStrata({ root: ROOT, dir, db: state.db, log });
     }
   } catch (e) {
-    for (const w of WORKLOADS) for (const k of w.keys) result.errors[k] = `server did not start: ${e.message}`;
-    result.errors.peakRssMiB = 'server did not start';
-    await stop();
-    await dropDb();
-    return result;
+    log(`${name} did not start: ${e.message}`);
+    for (const w of WORKLOADS) for (const k of w.keys) state.result.errors[k] = `server did not start: ${e.message}`;
+    state.result.errors.peakRssMiB = 'server did not start';
+    await state.close();
   }
+  return state;
+}
 
-  for (const w of WORKLOADS) {
-    if (server.child.exitCode !== null || server.child.signalCode !== null) {
-      for (const k of w.keys) result.errors[k] = `server died (${server.child.exitCode ?? server.child.signalCode})`;
-      continue;
+async function runWorkload(state, w, ctx) {
+  const { name, server, result } = state;
+  if (!server) return;
+  if (server.child.exitCode !== null || server.child.signalCode !== null) {
+    for (const k of w.keys) result.errors[k] = `server died (${server.child.exitCode ?? server.child.signalCode})`;
+    return;
+  }
+  const busy = await waitQuiet(QUIET_WAIT_S * 1000);
+  if (busy >= 15) log(`machine still ${Math.round(busy)}% busy with other work after ${QUIET_WAIT_S} s; measuring anyway`);
+  log(`${name}: ${w.name} …`);
+  try {
+    const out = await w.fn(server, ctx);
+    const parts = out.parts ? Object.entries(out.parts).map(([k, v]) => [w.parts[k], v]) : [[w.name, out]];
+    for (const [label, part] of parts) {
+      Object.assign(result.metrics, part.metrics);
+      result.profiles[label] = part.profile;
     }
-    const busy = await waitQuiet(QUIET_WAIT_S * 1000);
-    if (busy >= 15) log(`machine still ${Math.round(busy)}% busy with other work after ${QUIET_WAIT_S} s; measuring anyway`);
-    log(`${name}: ${w.name} …`);
-    try {
-      const out = await w.fn(server, ctx);
-      const parts = out.parts ? Object.entries(out.parts).map(([k, v]) => [w.parts[k], v]) : [[w.name, out]];
-      for (const [label, part] of parts) {
-        Object.assign(result.metrics, part.metrics);
-        result.profiles[label] = part.profile;
-      }
-      log(`${name}: ${w.name}: ${JSON.stringify(Object.fromEntries(w.keys.map((k) => [k, round(result.metrics[k])])))}`);
-    } catch (e) {
-      log(`${name}: ${w.name} FAILED: ${e.message}`);
-      for (const k of w.keys) if (result.metrics[k] === undefined) result.errors[k] = e.message;
+    log(`${name}: ${w.name}: ${JSON.stringify(Object.fromEntries(w.keys.map((k) => [k, round(result.metrics[k])])))}`);
+  } catch (e) {
+    log(`${name}: ${w.name} FAILED: ${e.message}`);
+    for (const k of w.keys) if (result.metrics[k] === undefined) result.errors[k] = e.message;
+  }
+}
+
+async function closeServer(state) {
+  const { name, server, result } = state;
+  if (server) {
+    result.metrics.peakRssMiB = peakRssMiB(server.pid);
+    if (server.child.exitCode !== null || server.child.signalCode !== null) {
+      result.errors.peakRssMiB = 'server died';
+      log(`${name} log tail:\n${readFileSync(server.logFile, 'utf8').slice(-2000)}`);
     }
   }
-  result.metrics.peakRssMiB = peakRssMiB(server.pid);
-  if (server.child.exitCode !== null) log(`${name} log tail:\n${readFileSync(server.logFile, 'utf8').slice(-2000)}`);
-  await stop();
-  await dropDb();
-  return result;
+  await state.close();
 }
 
 const round = (x) => (typeof x === 'number' ? Math.round(x * 100) / 100 : x);
@@ -244,9 +259,24 @@ async function main() {
   const ctx = await prepare(tmp);
 
   const results = {};
-  for (const name of ['reference', 'strata']) {
-    if (!SERVERS.includes(name)) continue;
-    results[name] = await benchServer(name, ctx);
+  const names = ['reference', 'strata'].filter((n) => SERVERS.includes(n));
+  if (SEQUENTIAL) {
+    for (const name of names) {
+      const state = await openServer(name, ctx);
+      for (const w of WORKLOADS) await runWorkload(state, w, ctx);
+      await closeServer(state);
+      results[name] = state.result;
+    }
+  } else {
+    // Both up, loaded one at a time, workload by workload: on a shared machine, load from other jobs then
+    // hits both sides of a comparison alike rather than whichever server happened to run during it.
+    const states = [];
+    for (const name of names) states.push(await openServer(name, ctx));
+    for (const w of WORKLOADS) for (const state of states) await runWorkload(state, w, ctx);
+    for (const state of states) {
+      await closeServer(state);
+      results[state.name] = state.result;
+    }
   }
 
   let commit = '?';
@@ -261,7 +291,8 @@ async function main() {
     `# Strata benchmark${QUICK ? ' (BENCH_QUICK: reduced sizes)' : ''}`,
     '',
     `${new Date().toISOString()} · strata ${commit} · node ${process.version} · reference: ${versions.registry} · ${versions.skopeo} · ` +
-      `${cpus().length} × ${cpus()[0]?.model.trim() ?? 'CPU'} · ${Math.round((Date.now() - started) / 1000)} s`,
+      `${cpus().length} × ${cpus()[0]?.model.trim() ?? 'CPU'} · ${SEQUENTIAL ? 'one server after the other' : 'workload by workload, reference then strata'} · ` +
+      `${Math.round((Date.now() - started) / 1000)} s`,
     '',
     'Ratio: strata/reference for throughput, reference/strata for times, latencies and memory (so > 1 is always Strata ahead). ' +
       'Targets apply to the headline metric of each workload; p99 and memory rows are for information.',
