@@ -3,8 +3,10 @@ import { sql } from 'kysely';
 import type { Db, Tx } from '@strata/db';
 import { assertKey, type BlobStorage, type ByteRange } from './blob-storage';
 
-/** Bytes sent to the server per statement while writing, and read per statement while streaming. */
+/** Bytes read per statement while streaming. */
 const SLICE = 4 * 1024 * 1024;
+/** Bytes sent per statement while writing: small, since pg encodes a bytea parameter as text on the way. */
+const WRITE_SLICE = 1024 * 1024;
 
 function enoent(key: string): NodeJS.ErrnoException {
   const e: NodeJS.ErrnoException = new Error(`no object at ${key}`);
@@ -51,7 +53,7 @@ export class LargeObjectDriver implements BlobStorage {
       for await (const chunk of source) {
         pending.push(chunk);
         pendingBytes += chunk.length;
-        if (pendingBytes >= SLICE) await flush();
+        if (pendingBytes >= WRITE_SLICE) await flush();
       }
       await flush();
       await sql`UPDATE storage_objects SET size = ${size}, complete = true WHERE key = ${key}`.execute(
