@@ -5,6 +5,7 @@
 //   BENCH_QUICK=1                 small sizes, for a smoke run (~1 min)
 //   BENCH_SERVERS=strata          one side only (or reference)
 //   BENCH_SEQUENTIAL=1            one server's whole suite, then the other's (default: workload by workload)
+//   BENCH_REPS=3                  repetitions of uploads, download and skopeo (median reported)
 //   BENCH_QUIET_WAIT=<seconds>    how long to wait, before each workload, for other jobs on the machine to go quiet
 //   DATABASE_URL=postgres://…     PostgreSQL server to create the throw-away bench database on
 import { execFileSync } from 'node:child_process';
@@ -14,7 +15,14 @@ import { cpus, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildOciLayout } from './lib/oci-layout.mjs';
-import { createBenchDatabase, ensureTools, startReference, startStrata, stopProcess, toolVersions } from './lib/servers.mjs';
+import {
+  createBenchDatabase,
+  ensureTools,
+  startReference,
+  startStrata,
+  stopProcess,
+  toolVersions,
+} from './lib/servers.mjs';
 import { MiB, peakRssMiB, sha256, waitQuiet, writeRandomFile } from './lib/util.mjs';
 import * as W from './lib/workloads.mjs';
 
@@ -29,34 +37,125 @@ const SEQUENTIAL = /^(1|true|yes)$/i.test(process.env.BENCH_SEQUENTIAL ?? '');
 const SERVERS = (process.env.BENCH_SERVERS ?? 'reference,strata').split(',').map((s) => s.trim());
 
 const SIZES = QUICK
-  ? { big: 64 * MiB, warm: 4 * MiB, chunk: 8 * MiB, small: 200, smallWarm: 20, durationMs: 3000, warmMs: 500, manifests: 50, downloadRuns: 3, layers: 4, layerSize: 8 * MiB }
-  : { big: 512 * MiB, warm: 16 * MiB, chunk: 8 * MiB, small: 2000, smallWarm: 100, durationMs: 10_000, warmMs: 1000, manifests: 200, downloadRuns: 3, layers: 4, layerSize: 50 * 1000 * 1000 };
+  ? {
+      big: 64 * MiB,
+      warm: 4 * MiB,
+      chunk: 8 * MiB,
+      small: 200,
+      smallWarm: 20,
+      durationMs: 3000,
+      warmMs: 500,
+      manifests: 50,
+      layers: 4,
+      layerSize: 8 * MiB,
+    }
+  : {
+      big: 512 * MiB,
+      warm: 16 * MiB,
+      chunk: 8 * MiB,
+      small: 2000,
+      smallWarm: 100,
+      durationMs: 10_000,
+      warmMs: 1000,
+      manifests: 200,
+      layers: 4,
+      layerSize: 50 * 1000 * 1000,
+    };
+// Repetitions of the short, large-transfer workloads (uploads, download, skopeo); the median is reported.
+SIZES.reps = Math.max(1, Number(process.env.BENCH_REPS ?? 3));
 
 const bigLabel = `${SIZES.big / MiB} MiB`;
+const med = SIZES.reps > 1 ? `, median of ${SIZES.reps}` : '';
 const imageLabel = `~${Math.round((SIZES.layers * SIZES.layerSize) / 1e6)} MB`;
 
 // metric key → how it is shown and judged. higher: bigger is better (ratio strata/ref), else ratio ref/strata.
 const METRICS = [
-  { key: 'monoMBps', label: `monolithic upload, ${bigLabel} (MB/s)`, higher: true, target: 1.15, fmt: 1 },
-  { key: 'chunkedMBps', label: `chunked upload, ${bigLabel} in 8 MiB PATCHes (MB/s)`, higher: true, target: 1.3, fmt: 1 },
-  { key: 'downloadMBps', label: `download ${bigLabel} + digest check, median of ${SIZES.downloadRuns} (MB/s)`, higher: true, target: 1.0, fmt: 1 },
-  { key: 'smallBlobsPerSec', label: `${SIZES.small} × 4 KiB blobs, 32 clients (blobs/s)`, higher: true, target: 3, fmt: 0 },
-  { key: 'smallP99', label: `${SIZES.small} × 4 KiB blobs: p99 latency per blob (ms)`, higher: false, target: null, fmt: 2 },
-  { key: 'headRps', label: `HEAD blob, 32 clients, ${SIZES.durationMs / 1000} s (req/s)`, higher: true, target: 4, fmt: 0 },
+  {
+    key: 'monoMBps',
+    label: `monolithic upload, ${bigLabel}${med} (MB/s)`,
+    higher: true,
+    target: 1.15,
+    fmt: 1,
+  },
+  {
+    key: 'chunkedMBps',
+    label: `chunked upload, ${bigLabel} in 8 MiB PATCHes${med} (MB/s)`,
+    higher: true,
+    target: 1.3,
+    fmt: 1,
+  },
+  {
+    key: 'downloadMBps',
+    label: `download ${bigLabel} + digest check${med} (MB/s)`,
+    higher: true,
+    target: 1.0,
+    fmt: 1,
+  },
+  {
+    key: 'smallBlobsPerSec',
+    label: `${SIZES.small} × 4 KiB blobs, 32 clients (blobs/s)`,
+    higher: true,
+    target: 3,
+    fmt: 0,
+  },
+  {
+    key: 'smallP99',
+    label: `${SIZES.small} × 4 KiB blobs: p99 latency per blob (ms)`,
+    higher: false,
+    target: null,
+    fmt: 2,
+  },
+  {
+    key: 'headRps',
+    label: `HEAD blob, 32 clients, ${SIZES.durationMs / 1000} s (req/s)`,
+    higher: true,
+    target: 4,
+    fmt: 0,
+  },
   { key: 'headP99', label: 'HEAD blob: p99 latency (ms)', higher: false, target: null, fmt: 2 },
-  { key: 'manifestPutPerSec', label: `PUT ${SIZES.manifests} tagged manifests, 8 workers (PUT/s)`, higher: true, target: 2, fmt: 0 },
-  { key: 'manifestGetRps', label: `GET manifest by tag, 32 clients, ${SIZES.durationMs / 1000} s (req/s)`, higher: true, target: 4, fmt: 0 },
-  { key: 'manifestGetP99', label: 'GET manifest by tag: p99 latency (ms)', higher: false, target: null, fmt: 2 },
-  { key: 'skopeoPushSec', label: `skopeo push, ${imageLabel} image (s)`, higher: false, target: 1.0, fmt: 2 },
-  { key: 'skopeoPullSec', label: `skopeo pull, ${imageLabel} image (s)`, higher: false, target: 1.0, fmt: 2 },
+  {
+    key: 'manifestPutPerSec',
+    label: `PUT ${SIZES.manifests} tagged manifests, 8 workers (PUT/s)`,
+    higher: true,
+    target: 2,
+    fmt: 0,
+  },
+  {
+    key: 'manifestGetRps',
+    label: `GET manifest by tag, 32 clients, ${SIZES.durationMs / 1000} s (req/s)`,
+    higher: true,
+    target: 4,
+    fmt: 0,
+  },
+  {
+    key: 'manifestGetP99',
+    label: 'GET manifest by tag: p99 latency (ms)',
+    higher: false,
+    target: null,
+    fmt: 2,
+  },
+  {
+    key: 'skopeoPushSec',
+    label: `skopeo push, ${imageLabel} image${med} (s)`,
+    higher: false,
+    target: 1.0,
+    fmt: 2,
+  },
+  {
+    key: 'skopeoPullSec',
+    label: `skopeo pull, ${imageLabel} image${med} (s)`,
+    higher: false,
+    target: 1.0,
+    fmt: 2,
+  },
   { key: 'peakRssMiB', label: 'server peak RSS, VmHWM (MiB)', higher: false, target: null, fmt: 0 },
 ];
 
 // workload name → function and the metric keys it yields (a failure marks all of them).
 const WORKLOADS = [
-  { name: 'monolithic upload', fn: W.monolithic, keys: ['monoMBps'] },
-  { name: 'chunked upload', fn: W.chunked, keys: ['chunkedMBps'] },
-  { name: 'download', fn: W.downloadWorkload, keys: ['downloadMBps'] },
+  { name: 'monolithic upload', fn: W.monolithic, repeat: true, keys: ['monoMBps'] },
+  { name: 'chunked upload', fn: W.chunked, repeat: true, keys: ['chunkedMBps'] },
+  { name: 'download', fn: W.downloadWorkload, repeat: true, keys: ['downloadMBps'] },
   { name: 'small blobs', fn: W.smallBlobs, keys: ['smallBlobsPerSec', 'smallP99'] },
   { name: 'HEAD blob', fn: W.headBlob, keys: ['headRps', 'headP99'] },
   {
@@ -65,8 +164,8 @@ const WORKLOADS = [
     keys: ['manifestPutPerSec', 'manifestGetRps', 'manifestGetP99'],
     parts: { manifestPut: 'manifest PUT', manifestGet: 'manifest GET' },
   },
-  { name: 'skopeo push', fn: W.skopeoPush, keys: ['skopeoPushSec'] },
-  { name: 'skopeo pull', fn: W.skopeoPull, keys: ['skopeoPullSec'] },
+  { name: 'skopeo push', fn: W.skopeoPush, repeat: true, keys: ['skopeoPushSec'] },
+  { name: 'skopeo pull', fn: W.skopeoPull, repeat: true, keys: ['skopeoPullSec'] },
 ];
 
 const log = (msg) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
@@ -97,15 +196,18 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
 // ---- the run ----------------------------------------------------------------------------------------------
 
 async function prepare(tmp) {
-  const files = {};
-  log(`writing random test data to ${tmp} …`);
-  for (const [name, size] of [
-    ['warm', SIZES.warm],
-    ['mono', SIZES.big],
-    ['chunked', SIZES.big],
-  ]) {
+  const reps = SIZES.reps;
+  log(
+    `writing random test data to ${tmp} (${((SIZES.warm + 2 * reps * (SIZES.big + (SIZES.layers * SIZES.layerSize) / 2)) / 1e9).toFixed(1)} GB) …`,
+  );
+  const randomFile = async (name, size) => {
     const path = join(tmp, `${name}.bin`);
-    files[name] = { path, size, digest: await writeRandomFile(path, size) };
+    return { path, size, digest: await writeRandomFile(path, size) };
+  };
+  const files = { warm: await randomFile('warm', SIZES.warm), mono: [], chunked: [] };
+  for (let i = 0; i < reps; i++) {
+    files.mono.push(await randomFile(`mono-${i}`, SIZES.big));
+    files.chunked.push(await randomFile(`chunked-${i}`, SIZES.big));
   }
   const small = (n) =>
     Array.from({ length: n }, () => {
@@ -114,15 +216,27 @@ async function prepare(tmp) {
     });
   const smallBlobs = { warm: small(SIZES.smallWarm), timed: small(SIZES.small), head: small(1)[0] };
 
-  const layout = await buildOciLayout(join(tmp, 'image'), { layers: SIZES.layers, layerSize: SIZES.layerSize });
+  const layouts = [];
+  for (let i = 0; i < reps; i++) {
+    layouts.push(
+      await buildOciLayout(join(tmp, `image-${i}`), { layers: SIZES.layers, layerSize: SIZES.layerSize }),
+    );
+  }
   const policy = join(tmp, 'policy.json');
   writeFileSync(policy, JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }));
-  return { tmp, files, smallBlobs, sizes: SIZES, skopeo: { layout, policy } };
+  return { tmp, files, smallBlobs, sizes: SIZES, skopeo: { layouts, policy } };
 }
 
 /** Starts one server; a server that does not start gets every metric as an error. */
 async function openServer(name, ctx) {
-  const state = { name, server: undefined, db: undefined, result: { metrics: {}, errors: {}, profiles: {} } };
+  const state = {
+    name,
+    server: undefined,
+    db: undefined,
+    samples: {},
+    profileParts: {},
+    result: { metrics: {}, errors: {}, profiles: {} },
+  };
   const dir = join(ctx.tmp, name);
   mkdirSync(dir, { recursive: true });
   state.close = async () => {
@@ -142,39 +256,68 @@ async function openServer(name, ctx) {
     }
   } catch (e) {
     log(`${name} did not start: ${e.message}`);
-    for (const w of WORKLOADS) for (const k of w.keys) state.result.errors[k] = `server did not start: ${e.message}`;
+    for (const w of WORKLOADS)
+      for (const k of w.keys) state.result.errors[k] = `server did not start: ${e.message}`;
     state.result.errors.peakRssMiB = 'server did not start';
     await state.close();
   }
   return state;
 }
 
-async function runWorkload(state, w, ctx) {
+/** One run of a workload (one repetition of a repeated one); samples are kept until finish(). */
+async function runWorkload(state, w, ctx, rep) {
   const { name, server, result } = state;
-  if (!server) return;
+  if (!server || w.keys.some((k) => result.errors[k])) return;
   if (server.child.exitCode !== null || server.child.signalCode !== null) {
-    for (const k of w.keys) result.errors[k] = `server died (${server.child.exitCode ?? server.child.signalCode})`;
+    for (const k of w.keys)
+      result.errors[k] = `server died (${server.child.exitCode ?? server.child.signalCode})`;
     return;
   }
+  // Write back what earlier workloads left dirty in the page cache, so this one does not pay for it.
+  execFileSync('sync');
   const busy = await waitQuiet(QUIET_WAIT_S * 1000);
-  if (busy >= 15) log(`machine still ${Math.round(busy)}% busy with other work after ${QUIET_WAIT_S} s; measuring anyway`);
-  log(`${name}: ${w.name} …`);
+  if (busy >= 15)
+    log(`machine still ${Math.round(busy)}% busy with other work after ${QUIET_WAIT_S} s; measuring anyway`);
+  const what = `${name}: ${w.name}${rep === undefined ? '' : ` #${rep + 1}`}`;
+  log(`${what} …`);
   try {
-    const out = await w.fn(server, ctx);
+    const out = await w.fn(server, ctx, rep);
     const parts = out.parts ? Object.entries(out.parts).map(([k, v]) => [w.parts[k], v]) : [[w.name, out]];
     for (const [label, part] of parts) {
-      Object.assign(result.metrics, part.metrics);
-      result.profiles[label] = part.profile;
+      for (const [k, v] of Object.entries(part.metrics)) (state.samples[k] ??= []).push(v);
+      (state.profileParts[label] ??= []).push(part.profile);
     }
-    log(`${name}: ${w.name}: ${JSON.stringify(Object.fromEntries(w.keys.map((k) => [k, round(result.metrics[k])])))}`);
+    log(
+      `${what}: ${JSON.stringify(Object.fromEntries(parts.flatMap(([, p]) => Object.entries(p.metrics)).map(([k, v]) => [k, round(v)])))}`,
+    );
   } catch (e) {
-    log(`${name}: ${w.name} FAILED: ${e.message}`);
-    for (const k of w.keys) if (result.metrics[k] === undefined) result.errors[k] = e.message;
+    log(`${what} FAILED: ${e.message}`);
+    for (const k of w.keys) result.errors[k] ??= e.message;
+  }
+}
+
+/** Medians of the samples; profiles merged over all repetitions (weighted by their wall time). */
+function finish(state) {
+  const { result } = state;
+  for (const [k, xs] of Object.entries(state.samples)) {
+    if (!result.errors[k]) result.metrics[k] = [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
+  }
+  for (const [label, ps] of Object.entries(state.profileParts)) {
+    const wall = ps.reduce((t, p) => t + p.wall, 0);
+    const merged = { wall };
+    for (const key of Object.keys(ps[0])) {
+      if (key === 'wall') continue;
+      merged[key] = key.endsWith('MB')
+        ? ps.reduce((t, p) => t + p[key], 0)
+        : ps.reduce((t, p) => t + p[key] * p.wall, 0) / (wall || 1);
+    }
+    result.profiles[label] = merged;
   }
 }
 
 async function closeServer(state) {
   const { name, server, result } = state;
+  finish(state);
   if (server) {
     result.metrics.peakRssMiB = peakRssMiB(server.pid);
     if (server.child.exitCode !== null || server.child.signalCode !== null) {
@@ -198,9 +341,13 @@ const short = (msg) => (msg.length > 70 ? `${msg.slice(0, 67)}…` : msg);
 function table(results) {
   const ref = results.reference ?? { metrics: {}, errors: {} };
   const str = results.strata ?? { metrics: {}, errors: {} };
-  const rows = ['| metric | reference | strata | ratio | target | pass/fail |', '| --- | ---: | ---: | ---: | ---: | --- |'];
+  const rows = [
+    '| metric | reference | strata | ratio | target | pass/fail |',
+    '| --- | ---: | ---: | ---: | ---: | --- |',
+  ];
   for (const m of METRICS) {
-    const show = (r) => (r.errors[m.key] ? `error: ${short(r.errors[m.key])}` : fmtNum(r.metrics[m.key], m.fmt));
+    const show = (r) =>
+      r.errors[m.key] ? `error: ${short(r.errors[m.key])}` : fmtNum(r.metrics[m.key], m.fmt);
     const a = ref.metrics[m.key];
     const b = str.metrics[m.key];
     const ok = (x) => typeof x === 'number' && Number.isFinite(x) && x > 0;
@@ -220,8 +367,8 @@ function table(results) {
 
 function profileTable(results) {
   const rows = [
-    '| workload | server | wall (s) | server CPU | PostgreSQL CPU | bench client CPU | skopeo CPU | other processes CPU | machine idle | iowait | server disk write (MB) |',
-    '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| workload | server | wall (s) | server CPU | PostgreSQL CPU | bench client CPU | skopeo CPU | other processes CPU | machine idle | iowait | steal | server disk write (MB) |',
+    '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   const labels = [...new Set(Object.values(results).flatMap((r) => Object.keys(r.profiles)))];
   const pct = (x) => `${Math.round(x)}%`;
@@ -230,7 +377,7 @@ function profileTable(results) {
       const p = r.profiles[label];
       if (!p) continue;
       rows.push(
-        `| ${label} | ${name} | ${p.wall.toFixed(2)} | ${pct(p.server)} | ${pct(p.pg)} | ${pct(p.client)} | ${pct(p.children)} | ${pct(p.other)} | ${pct(p.idle)} | ${pct(p.iowait)} | ${Math.round(p.diskWriteMB)} |`,
+        `| ${label} | ${name} | ${p.wall.toFixed(2)} | ${pct(p.server)} | ${pct(p.pg)} | ${pct(p.client)} | ${pct(p.children)} | ${pct(p.other)} | ${pct(p.idle)} | ${pct(p.iowait)} | ${pct(p.steal)} | ${Math.round(p.diskWriteMB)} |`,
       );
     }
   }
@@ -263,7 +410,10 @@ async function main() {
   if (SEQUENTIAL) {
     for (const name of names) {
       const state = await openServer(name, ctx);
-      for (const w of WORKLOADS) await runWorkload(state, w, ctx);
+      for (const w of WORKLOADS) {
+        if (!w.repeat) await runWorkload(state, w, ctx);
+        else for (let rep = 0; rep < SIZES.reps; rep++) await runWorkload(state, w, ctx, rep);
+      }
       await closeServer(state);
       results[name] = state.result;
     }
@@ -272,7 +422,13 @@ async function main() {
     // hits both sides of a comparison alike rather than whichever server happened to run during it.
     const states = [];
     for (const name of names) states.push(await openServer(name, ctx));
-    for (const w of WORKLOADS) for (const state of states) await runWorkload(state, w, ctx);
+    // Repetitions alternate between the servers too, so a passing slowdown of the machine hits both alike.
+    for (const w of WORKLOADS) {
+      if (!w.repeat) for (const state of states) await runWorkload(state, w, ctx);
+      else
+        for (let rep = 0; rep < SIZES.reps; rep++)
+          for (const state of states) await runWorkload(state, w, ctx, rep);
+    }
     for (const state of states) {
       await closeServer(state);
       results[state.name] = state.result;
@@ -282,7 +438,9 @@ async function main() {
   let commit = '?';
   try {
     commit = execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no'], {
+      encoding: 'utf8',
+    }).trim();
     if (dirty) commit += ' (with uncommitted changes)';
   } catch {
     // not a git checkout
@@ -305,7 +463,7 @@ async function main() {
     '',
     '## Where the time goes',
     '',
-    'CPU as % of one core over the timed part (the machine has ' +
+    'CPU as % of one core over the timed part, all repetitions (the machine has ' +
       `${cpus().length}); machine idle and iowait as % of all cores; PostgreSQL is the backends of the bench database plus the server's background processes; ` +
       '"other processes" is busy CPU none of those account for (kernel softirq work, or other jobs on a shared machine: numbers with much of it are suspect).',
     '',

@@ -52,5 +52,9 @@ export async function buildOciLayout(dir, { layers, layerSize, tag = 'latest' })
       ],
     }),
   );
-  return { dir, totalBytes: layers * layerSize + config.size + manifest.size, manifestDigest: manifest.digest };
+  return {
+    dir,
+    totalBytes: layers * layerSize + config.size + manifest.size,
+    manifestDigest: manifest.digest,
+  };
 }

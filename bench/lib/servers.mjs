@@ -46,7 +46,9 @@ async function waitReady(base, child, name, logFile, timeoutMs = 60_000) {
   let last = '';
   while (Date.now() < deadline) {
     if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`${name} exited (${child.exitCode ?? child.signalCode}) before it was ready:\n${tail(logFile)}`);
+      throw new Error(
+        `${name} exited (${child.exitCode ?? child.signalCode}) before it was ready:\n${tail(logFile)}`,
+      );
     }
     try {
       const res = await request(base, { path: '/v2/', timeoutMs: 2000 });
@@ -151,7 +153,8 @@ export async function startStrata({ root, dir, db, log }) {
 export async function createBenchDatabase() {
   const server = new URL(process.env.DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/postgres');
   const admin = new URL(server);
-  if (!process.env.DATABASE_URL || admin.pathname === '/' || admin.pathname === '') admin.pathname = '/postgres';
+  if (!process.env.DATABASE_URL || admin.pathname === '/' || admin.pathname === '')
+    admin.pathname = '/postgres';
   const name = `strata_bench_${randomBytes(4).toString('hex')}`;
   const run = async (sql) => {
     const client = new pg.Client({ connectionString: admin.toString() });

@@ -26,11 +26,18 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * `sink`: 'buffer' (default) collects the response body, 'discard' drops it, or a function(chunk) that sees every chunk.
  * Resolves { status, headers, body?, bytes }.
  */
-export function request(base, { method = 'GET', path, headers = {}, body, agent, sink = 'buffer', timeoutMs = 600_000 }) {
+export function request(
+  base,
+  { method = 'GET', path, headers = {}, body, agent, sink = 'buffer', timeoutMs = 600_000 },
+) {
   const url = new URL(path, base);
   return new Promise((resolve, reject) => {
     const h = { ...headers };
-    if (body !== undefined && !(body && typeof body.pipe === 'function') && h['Content-Length'] === undefined) {
+    if (
+      body !== undefined &&
+      !(body && typeof body.pipe === 'function') &&
+      h['Content-Length'] === undefined
+    ) {
       h['Content-Length'] = Buffer.byteLength(body);
     }
     const req = http.request(
@@ -54,7 +61,9 @@ export function request(base, { method = 'GET', path, headers = {}, body, agent,
         res.on('error', reject);
       },
     );
-    req.setTimeout(timeoutMs, () => req.destroy(new Error(`${method} ${url.pathname}: timed out after ${timeoutMs} ms`)));
+    req.setTimeout(timeoutMs, () =>
+      req.destroy(new Error(`${method} ${url.pathname}: timed out after ${timeoutMs} ms`)),
+    );
     req.on('error', reject);
     if (body === undefined) req.end();
     else if (typeof body.pipe === 'function') {
@@ -187,7 +196,12 @@ function postgresCpu(db) {
       const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
       if (stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')) !== 'postgres') continue;
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      procs.push({ pid: d, ppid: f[1], cpu: (Number(f[11]) + Number(f[12])) / TICK, cmdline: readFileSync(`/proc/${d}/cmdline`, 'utf8') });
+      procs.push({
+        pid: d,
+        ppid: f[1],
+        cpu: (Number(f[11]) + Number(f[12])) / TICK,
+        cmdline: readFileSync(`/proc/${d}/cmdline`, 'utf8'),
+      });
     } catch {
       // raced with an exiting process
     }
@@ -243,7 +257,8 @@ export function profile(a, b) {
   let pg = 0;
   for (const [pid, cpu] of b.pg) pg += cpu - (a.pg.get(pid) ?? 0);
   // CPU the machine spent busy (in core-seconds) that none of the measured processes account for.
-  const busy = sysTotal - (b.sys.idle - a.sys.idle) - (b.sys.iowait - a.sys.iowait) - (b.sys.steal - a.sys.steal);
+  const busy =
+    sysTotal - (b.sys.idle - a.sys.idle) - (b.sys.iowait - a.sys.iowait) - (b.sys.steal - a.sys.steal);
   const ours = b.server - a.server + pg + (b.client - a.client) + (b.children - a.children);
   return {
     wall,
@@ -283,7 +298,10 @@ export async function waitQuiet(maxMs, threshold = 15) {
     await sleep(500);
     const b = systemCpu();
     const total = b.total - a.total;
-    busyPct = total > 0 ? (100 * (total - (b.idle - a.idle) - (b.iowait - a.iowait) - (b.steal - a.steal))) / total : 0;
+    busyPct =
+      total > 0
+        ? (100 * (total - (b.idle - a.idle) - (b.iowait - a.iowait) - (b.steal - a.steal))) / total
+        : 0;
     if (busyPct < threshold || Date.now() >= deadline) return busyPct;
   }
 }

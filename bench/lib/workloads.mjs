@@ -5,7 +5,16 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, existsSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
-import { expectStatus, percentile, profile, request, runClosedLoop, sha256, snapshot, withQuery } from './util.mjs';
+import {
+  expectStatus,
+  percentile,
+  profile,
+  request,
+  runClosedLoop,
+  sha256,
+  snapshot,
+  withQuery,
+} from './util.mjs';
 
 const OCTET = 'application/octet-stream';
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -50,7 +59,11 @@ async function chunkedUpload(server, repo, file, chunk) {
     const res = await request(server.base, {
       method: 'PATCH',
       path: location,
-      headers: { 'Content-Type': OCTET, 'Content-Length': end - start + 1, 'Content-Range': `${start}-${end}` },
+      headers: {
+        'Content-Type': OCTET,
+        'Content-Length': end - start + 1,
+        'Content-Range': `${start}-${end}`,
+      },
       body: createReadStream(file.path, { start, end, highWaterMark: 1024 * 1024 }),
     });
     expectStatus(res, 202, `PATCH ${start}-${end}`);
@@ -103,54 +116,60 @@ async function pushSmallBlob(server, repo, blob, agent) {
 
 function loopError(what, r) {
   if (r.errors === 0) return;
-  throw new Error(`${what}: ${r.errors} of ${r.errors + r.count} requests failed; first: ${r.firstError?.message}`);
+  throw new Error(
+    `${what}: ${r.errors} of ${r.errors + r.count} requests failed; first: ${r.firstError?.message}`,
+  );
 }
 
 // ---- workloads --------------------------------------------------------------------------------------------
 
-export async function monolithic(server, ctx) {
-  await monolithicUpload(server, 'bench/warm', ctx.files.warm); // warm-up
+/** Times one run of `fn`, profiled; for the workloads the orchestrator repeats (`rep` is the repetition). */
+async function timed(server, fn) {
   const { value: seconds, profile: p } = await profiled(server, async () => {
     const t0 = performance.now();
-    await monolithicUpload(server, 'bench/big', ctx.files.mono);
+    await fn();
     return (performance.now() - t0) / 1000;
   });
-  return { metrics: { monoMBps: ctx.files.mono.size / 1e6 / seconds }, profile: p };
+  return { seconds, profile: p };
 }
 
-export async function chunked(server, ctx) {
-  await chunkedUpload(server, 'bench/warm-chunked', ctx.files.warm, ctx.sizes.chunk); // warm-up
-  const { value: seconds, profile: p } = await profiled(server, async () => {
-    const t0 = performance.now();
-    await chunkedUpload(server, 'bench/big', ctx.files.chunked, ctx.sizes.chunk);
-    return (performance.now() - t0) / 1000;
-  });
-  return { metrics: { chunkedMBps: ctx.files.chunked.size / 1e6 / seconds }, profile: p };
+// Each repetition uploads different random content: a blob the server already holds could be short-cut.
+export async function monolithic(server, ctx, rep) {
+  if (rep === 0) await monolithicUpload(server, 'bench/warm', ctx.files.warm); // warm-up
+  const file = ctx.files.mono[rep];
+  const { seconds, profile: p } = await timed(server, () => monolithicUpload(server, 'bench/big', file));
+  return { metrics: { monoMBps: file.size / 1e6 / seconds }, profile: p };
 }
 
-export async function downloadWorkload(server, ctx) {
-  // Whichever big blob the upload workloads managed to store.
-  let file = ctx.files.mono;
-  const head = await request(server.base, { method: 'HEAD', path: `/v2/bench/big/blobs/${file.digest}` });
-  if (head.status !== 200) {
-    file = ctx.files.chunked;
-    const h2 = await request(server.base, { method: 'HEAD', path: `/v2/bench/big/blobs/${file.digest}` });
-    if (h2.status !== 200) {
-      await monolithicUpload(server, 'bench/big', file);
+export async function chunked(server, ctx, rep) {
+  if (rep === 0) await chunkedUpload(server, 'bench/warm-chunked', ctx.files.warm, ctx.sizes.chunk); // warm-up
+  const file = ctx.files.chunked[rep];
+  const { seconds, profile: p } = await timed(server, () =>
+    chunkedUpload(server, 'bench/big', file, ctx.sizes.chunk),
+  );
+  return { metrics: { chunkedMBps: file.size / 1e6 / seconds }, profile: p };
+}
+
+export async function downloadWorkload(server, ctx, rep) {
+  if (!server.downloadFile) {
+    // Whichever big blob the upload workloads managed to store (else push one, untimed).
+    const candidates = [...ctx.files.mono, ...ctx.files.chunked];
+    for (const f of candidates) {
+      const head = await request(server.base, { method: 'HEAD', path: `/v2/bench/big/blobs/${f.digest}` });
+      if (head.status === 200) {
+        server.downloadFile = f;
+        break;
+      }
+    }
+    if (!server.downloadFile) {
+      await monolithicUpload(server, 'bench/big', candidates[0]);
+      server.downloadFile = candidates[0];
     }
   }
-  await download(server, 'bench/warm', ctx.files.warm); // warm-up
-  const times = [];
-  const { profile: p } = await profiled(server, async () => {
-    for (let i = 0; i < ctx.sizes.downloadRuns; i++) {
-      const t0 = performance.now();
-      await download(server, 'bench/big', file);
-      times.push((performance.now() - t0) / 1000);
-    }
-  });
-  times.sort((a, b) => a - b);
-  const med = times[Math.floor(times.length / 2)];
-  return { metrics: { downloadMBps: file.size / 1e6 / med }, profile: p };
+  if (rep === 0) await download(server, 'bench/warm', ctx.files.warm); // warm-up
+  const file = server.downloadFile;
+  const { seconds, profile: p } = await timed(server, () => download(server, 'bench/big', file));
+  return { metrics: { downloadMBps: file.size / 1e6 / seconds }, profile: p };
 }
 
 export async function smallBlobs(server, ctx) {
@@ -163,7 +182,11 @@ export async function smallBlobs(server, ctx) {
     });
     loopError('warm-up', warm);
     const { value: r, profile: p } = await profiled(server, () =>
-      runClosedLoop({ concurrency: 32, items: ctx.smallBlobs.timed, op: (b) => pushSmallBlob(server, 'bench/small', b, agent) }),
+      runClosedLoop({
+        concurrency: 32,
+        items: ctx.smallBlobs.timed,
+        op: (b) => pushSmallBlob(server, 'bench/small', b, agent),
+      }),
     );
     loopError('small blobs', r);
     return {
@@ -190,7 +213,10 @@ export async function headBlob(server, ctx) {
       runClosedLoop({ concurrency: 32, durationMs: ctx.sizes.durationMs, op }),
     );
     loopError('HEAD blob', r);
-    return { metrics: { headRps: r.count / (r.elapsedMs / 1000), headP99: percentile(r.latencies, 99) }, profile: p };
+    return {
+      metrics: { headRps: r.count / (r.elapsedMs / 1000), headP99: percentile(r.latencies, 99) },
+      profile: p,
+    };
   } finally {
     agent.destroy();
   }
@@ -230,7 +256,12 @@ export async function manifests(server, ctx) {
   const agent = keepAliveAgent();
   try {
     const configData = Buffer.from(
-      JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, created: new Date(0).toISOString() }),
+      JSON.stringify({
+        architecture: 'amd64',
+        os: 'linux',
+        rootfs: { type: 'layers', diff_ids: [] },
+        created: new Date(0).toISOString(),
+      }),
     );
     const layerData = randomBytes(64 * 1024);
     const config = { data: configData, digest: sha256(configData) };
@@ -244,7 +275,10 @@ export async function manifests(server, ctx) {
 
     const warm = makeManifests(config, layer, 'warm', 10);
     const timed = makeManifests(config, layer, 'tag', ctx.sizes.manifests);
-    loopError('manifest PUT warm-up', await runClosedLoop({ concurrency: 8, items: warm, op: (m) => putManifest(server, m, agent) }));
+    loopError(
+      'manifest PUT warm-up',
+      await runClosedLoop({ concurrency: 8, items: warm, op: (m) => putManifest(server, m, agent) }),
+    );
     const { value: put, profile: putProfile } = await profiled(server, () =>
       runClosedLoop({ concurrency: 8, items: timed, op: (m) => putManifest(server, m, agent) }),
     );
@@ -260,18 +294,28 @@ export async function manifests(server, ctx) {
         sink: 'discard',
       });
       if (res.status !== 200) throw new Error(`GET manifest ${m.tag}: HTTP ${res.status}`);
-      if (res.bytes !== m.body.length) throw new Error(`GET manifest ${m.tag}: ${res.bytes} bytes, expected ${m.body.length}`);
+      if (res.bytes !== m.body.length)
+        throw new Error(`GET manifest ${m.tag}: ${res.bytes} bytes, expected ${m.body.length}`);
     };
-    loopError('manifest GET warm-up', await runClosedLoop({ concurrency: 32, durationMs: ctx.sizes.warmMs, op: get }));
+    loopError(
+      'manifest GET warm-up',
+      await runClosedLoop({ concurrency: 32, durationMs: ctx.sizes.warmMs, op: get }),
+    );
     const { value: g, profile: getProfile } = await profiled(server, () =>
       runClosedLoop({ concurrency: 32, durationMs: ctx.sizes.durationMs, op: get }),
     );
     loopError('manifest GET', g);
     return {
       parts: {
-        manifestPut: { metrics: { manifestPutPerSec: put.count / (put.elapsedMs / 1000) }, profile: putProfile },
+        manifestPut: {
+          metrics: { manifestPutPerSec: put.count / (put.elapsedMs / 1000) },
+          profile: putProfile,
+        },
         manifestGet: {
-          metrics: { manifestGetRps: g.count / (g.elapsedMs / 1000), manifestGetP99: percentile(g.latencies, 99) },
+          metrics: {
+            manifestGetRps: g.count / (g.elapsedMs / 1000),
+            manifestGetP99: percentile(g.latencies, 99),
+          },
           profile: getProfile,
         },
       },
@@ -291,47 +335,59 @@ function runSkopeo(args, timeoutMs = 300_000) {
     child.on('exit', (code, signal) => {
       clearTimeout(timer);
       if (code === 0) resolve();
-      else reject(new Error(`skopeo ${args[0]} failed (${code ?? signal}): ${stderr.trim().split('\n').slice(-2).join(' ').slice(0, 300)}`));
+      else
+        reject(
+          new Error(
+            `skopeo ${args[0]} failed (${code ?? signal}): ${stderr.trim().split('\n').slice(-2).join(' ').slice(0, 300)}`,
+          ),
+        );
     });
   });
 }
 
 // --preserve-digests and --dest-oci-accept-uncompressed-layers keep skopeo from gzip-compressing the random,
 // uncompressed layers on the way (it would otherwise spend its time in gzip, not in the registry).
-export async function skopeoPush(server, ctx) {
-  const dest = `docker://127.0.0.1:${server.port}/bench/img:latest`;
-  const args = ['copy', '--quiet', '--policy', ctx.skopeo.policy, '--preserve-digests', '--dest-tls-verify=false', `oci:${ctx.skopeo.layout.dir}:latest`, dest];
-  const { value: seconds, profile: p } = await profiled(server, async () => {
-    const t0 = performance.now();
-    await runSkopeo(args);
-    return (performance.now() - t0) / 1000;
-  });
+// Each push repetition pushes a different image (its own random layers) to its own repository.
+export async function skopeoPush(server, ctx, rep) {
+  const layout = ctx.skopeo.layouts[rep];
+  const { seconds, profile: p } = await timed(server, () =>
+    runSkopeo([
+      'copy',
+      '--quiet',
+      '--policy',
+      ctx.skopeo.policy,
+      '--preserve-digests',
+      '--dest-tls-verify=false',
+      `oci:${layout.dir}:latest`,
+      `docker://127.0.0.1:${server.port}/bench/img-${rep}:latest`,
+    ]),
+  );
   return { metrics: { skopeoPushSec: seconds }, profile: p };
 }
 
-export async function skopeoPull(server, ctx) {
+export async function skopeoPull(server, ctx, rep) {
+  // Each repetition pulls a different one of the pushed images.
+  const i = Math.min(rep, ctx.skopeo.layouts.length - 1);
+  const layout = ctx.skopeo.layouts[i];
   const out = join(ctx.tmp, `pulled-${server.name}`);
   rmSync(out, { recursive: true, force: true });
-  const src = `docker://127.0.0.1:${server.port}/bench/img:latest`;
-  const args = [
-    'copy',
-    '--quiet',
-    '--policy',
-    ctx.skopeo.policy,
-    '--preserve-digests',
-    '--dest-oci-accept-uncompressed-layers',
-    '--src-tls-verify=false',
-    src,
-    `oci:${out}:latest`,
-  ];
   try {
-    const { value: seconds, profile: p } = await profiled(server, async () => {
-      const t0 = performance.now();
-      await runSkopeo(args);
-      return (performance.now() - t0) / 1000;
-    });
-    const manifest = ctx.skopeo.layout.manifestDigest.slice('sha256:'.length);
-    if (!existsSync(join(out, 'blobs', 'sha256', manifest))) throw new Error('pulled image lacks the pushed manifest');
+    const { seconds, profile: p } = await timed(server, () =>
+      runSkopeo([
+        'copy',
+        '--quiet',
+        '--policy',
+        ctx.skopeo.policy,
+        '--preserve-digests',
+        '--dest-oci-accept-uncompressed-layers',
+        '--src-tls-verify=false',
+        `docker://127.0.0.1:${server.port}/bench/img-${i}:latest`,
+        `oci:${out}:latest`,
+      ]),
+    );
+    const manifest = layout.manifestDigest.slice('sha256:'.length);
+    if (!existsSync(join(out, 'blobs', 'sha256', manifest)))
+      throw new Error('pulled image lacks the pushed manifest');
     return { metrics: { skopeoPullSec: seconds }, profile: p };
   } finally {
     rmSync(out, { recursive: true, force: true });
