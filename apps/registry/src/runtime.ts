@@ -54,6 +54,9 @@ export async function startRuntime(config: Config, logger: Logger): Promise<Runt
 }
 
 export async function stopRuntime(runtime: Runtime): Promise<void> {
+  // Connections still closing when the embedded server stops are ended by it: expected now, not an error.
+  runtime.pool.removeAllListeners('error');
+  runtime.pool.on('error', () => undefined);
   await runtime.db
     .destroy()
     .catch((err: unknown) => runtime.logger.warn({ err }, 'failed to close database pool'));
