@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import './threadpool';
 import 'reflect-metadata';
 import { createDb, createPool, migrate } from '@strata/db';
 import { ConfigError, loadConfig, type Config } from './config/config';

@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { sql } from 'kysely';
-import type { Db, UploadRow } from '@strata/db';
+import type { Db, Tx, UploadRow } from '@strata/db';
 import { type Digester, nativeDigester, ResumableSha256, tap } from '@strata/digest';
 import { EventStore, type RequestMeta } from '@strata/events';
-import { parseDigest, RegistryError } from '@strata/oci';
+import { type ParsedDigest, parseDigest, RegistryError } from '@strata/oci';
 import { type BlobStorage, blobKey, chunkKey } from '@strata/storage';
 import type { RepositoryStore } from './repository.store';
 
@@ -226,8 +226,11 @@ export class UploadService {
     body: AsyncIterable<Buffer> | null,
     meta: RequestMeta,
   ): Promise<CommittedBlob> {
-    const { algorithm, hex } = parseDigest(digest);
+    const parsed = parseDigest(digest);
+    const { algorithm, hex } = parsed;
     let row = await this.load(repository, id);
+    if (body && row.size === 0)
+      return this.commitWhole(repository, row.repository_id, id, parsed, body, meta);
     if (body) {
       const size = await this.appendAt(repository, row, body, null, meta);
       if (size !== row.size) row = await this.load(repository, id);
@@ -287,18 +290,7 @@ export class UploadService {
             .executeTakeFirst();
           inserted = ins.numInsertedOrUpdatedRows === 1n;
         }
-        if (!inserted) {
-          const blob = await tx
-            .selectFrom('blobs')
-            .select('size')
-            .where('digest', '=', digest)
-            .executeTakeFirst();
-          if (!blob) throw new Error(`failed to commit upload ${id}: blob ${digest} vanished`);
-          if (blob.size !== size)
-            throw new Error(
-              `failed to commit upload ${id}: ${digest} stored with size ${blob.size}, not ${size}`,
-            );
-        }
+        if (!inserted) await this.assertStoredSize(tx, digest, size);
         await tx
           .insertInto('repository_blobs')
           .values({ repository_id: repositoryId, digest })
@@ -402,21 +394,110 @@ export class UploadService {
     return expired.count;
   }
 
-  /** Monolithic upload: a session, its only bytes and its commit in one request. */
+  /** Monolithic upload: a session, its only bytes and its commit in one request and one transaction. */
   async upload(
     repository: string,
     digest: string,
     body: AsyncIterable<Buffer>,
     meta: RequestMeta,
   ): Promise<CommittedBlob> {
-    parseDigest(digest);
-    const { id } = await this.start(repository, meta);
+    const parsed = parseDigest(digest);
+    const repositoryId = await this.repositories.ensure(repository);
+    return this.commitWhole(repository, repositoryId, null, parsed, body, meta);
+  }
+
+  /**
+   * All of a blob's bytes in one request (docker, podman and skopeo send layers so): streamed straight to the
+   * blob's own key while hashed natively, then made visible in one transaction. `uploadId` is the session being
+   * completed, or null for a POST that carries the blob itself.
+   */
+  private async commitWhole(
+    repository: string,
+    repositoryId: number,
+    uploadId: string | null,
+    { digest, algorithm, hex }: ParsedDigest,
+    body: AsyncIterable<Buffer>,
+    meta: RequestMeta,
+  ): Promise<CommittedBlob> {
+    const key = blobKey(hex);
+    const digester = nativeDigester(algorithm);
+    const size = await this.storage.write(key, tap(body, digester));
+    const actual = digester.hex();
+    if (actual !== hex) {
+      await this.storage.delete(key);
+      throw new RegistryError('DIGEST_INVALID', { expected: digest, actual: `${algorithm}:${actual}`, size });
+    }
+    const id = uploadId ?? randomUUID();
+    let inserted = false;
     try {
-      return await this.commit(repository, id, digest, body, meta);
+      inserted = await this.db.transaction().execute(async (tx) => {
+        if (uploadId) {
+          const removed = await tx
+            .deleteFrom('uploads')
+            .where('id', '=', uploadId)
+            .where('size', '=', 0)
+            .executeTakeFirst();
+          if (removed.numDeletedRows !== 1n) {
+            const still = await tx
+              .selectFrom('uploads')
+              .select('size')
+              .where('id', '=', uploadId)
+              .executeTakeFirst();
+            if (still) throw this.rangeError(repository, uploadId, still.size);
+            throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: uploadId });
+          }
+        } else {
+          await this.events.append(tx, {
+            type: 'upload.started',
+            repository,
+            subject: id,
+            payload: { upload_id: id },
+            meta,
+          });
+        }
+        const ins = await tx
+          .insertInto('blobs')
+          .values({ digest, size, storage_key: key })
+          .onConflict((oc) => oc.column('digest').doNothing())
+          .executeTakeFirst();
+        const created = ins.numInsertedOrUpdatedRows === 1n;
+        if (!created) await this.assertStoredSize(tx, digest, size);
+        await tx
+          .insertInto('repository_blobs')
+          .values({ repository_id: repositoryId, digest })
+          .onConflict((oc) => oc.columns(['repository_id', 'digest']).doNothing())
+          .execute();
+        if (size > 0) {
+          await this.events.append(tx, {
+            type: 'upload.chunk',
+            repository,
+            subject: id,
+            payload: { upload_id: id, offset: 0, size },
+            meta,
+          });
+        }
+        await this.events.append(tx, {
+          type: 'upload.committed',
+          repository,
+          subject: digest,
+          payload: { upload_id: id, digest, size, existed: !created },
+          meta,
+        });
+        return created;
+      });
     } catch (e) {
-      await this.cancel(repository, id, meta).catch(() => undefined);
+      await this.storage.delete(key).catch(() => undefined);
       throw e;
     }
+    if (!inserted) await this.removeObjects([key]);
+    return { digest, size };
+  }
+
+  private async assertStoredSize(tx: Tx, digest: string, size: number): Promise<void> {
+    const blob = await tx.selectFrom('blobs').select('size').where('digest', '=', digest).executeTakeFirst();
+    if (!blob) throw new Error(`failed to commit ${digest}: its blob row vanished`);
+    if (blob.size !== size)
+      throw new Error(`failed to commit ${digest}: stored with size ${blob.size}, not ${size}`);
   }
 
   private async removeObjects(keys: readonly string[]): Promise<void> {
