@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import pino from 'pino';
+import { PreparedReads } from '@strata/db';
 import type { RequestMeta } from '@strata/events';
 import { MEDIA_TYPE } from '@strata/oci';
 import { ManifestService, RepositoryStore, UploadService } from '@strata/registry';
@@ -65,7 +66,7 @@ describe('the worked queries of docs/queries.md', () => {
     await storage.init();
     const repositories = new RepositoryStore(t.db);
     uploads = new UploadService(t.db, storage, repositories, pino({ level: 'silent' }));
-    manifests = new ManifestService(t.db, repositories);
+    manifests = new ManifestService(t.db, repositories, new PreparedReads(t.pool));
   });
   afterAll(async () => {
     t.pool.on('error', () => undefined);

@@ -6,6 +6,7 @@ import {
   RepositoryStore,
   UploadService,
 } from '@strata/registry';
+import { PreparedReads } from '@strata/db';
 import type { Runtime } from './runtime';
 import { CONFIG, DB, LOGGER, POOL, RUNTIME, STORAGE } from './tokens';
 
@@ -14,6 +15,7 @@ import { CONFIG, DB, LOGGER, POOL, RUNTIME, STORAGE } from './tokens';
 @Module({})
 export class RegistryModule {
   static register(runtime: Runtime): DynamicModule {
+    const reads = new PreparedReads(runtime.pool);
     return {
       module: RegistryModule,
       providers: [
@@ -33,12 +35,12 @@ export class RegistryModule {
         {
           provide: BlobService,
           inject: [RepositoryStore],
-          useFactory: (repos: RepositoryStore) => new BlobService(runtime.db, runtime.storage, repos),
+          useFactory: (repos: RepositoryStore) => new BlobService(runtime.db, runtime.storage, repos, reads),
         },
         {
           provide: ManifestService,
           inject: [RepositoryStore],
-          useFactory: (repos: RepositoryStore) => new ManifestService(runtime.db, repos),
+          useFactory: (repos: RepositoryStore) => new ManifestService(runtime.db, repos, reads),
         },
         {
           provide: CatalogService,

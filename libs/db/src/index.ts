@@ -2,3 +2,4 @@ export * from './database';
 export * from './embedded-postgres';
 export * from './migrator';
 export * from './schema';
+export * from './prepared';

@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { Db } from '@strata/db';
+import type { Db, PreparedReads } from '@strata/db';
 import { EventStore, type RequestMeta } from '@strata/events';
 import { assertName, parseDigest, RegistryError } from '@strata/oci';
 import type { BlobStorage, ByteRange } from '@strata/storage';
@@ -19,20 +19,20 @@ export class BlobService {
     private readonly db: Db,
     private readonly storage: BlobStorage,
     private readonly repositories: RepositoryStore,
+    private readonly reads: PreparedReads,
   ) {}
 
   /** The blob as linked in `repository`; BLOB_UNKNOWN when it is not, even if another repository has it. */
   async stat(repository: string, digest: string): Promise<BlobInfo> {
-    assertName(repository);
     parseDigest(digest);
-    const row = await this.db
-      .selectFrom('repository_blobs as rb')
-      .innerJoin('repositories as r', 'r.id', 'rb.repository_id')
-      .innerJoin('blobs as b', 'b.digest', 'rb.digest')
-      .select(['b.size', 'b.storage_key'])
-      .where('r.name', '=', repository)
-      .where('rb.digest', '=', digest)
-      .executeTakeFirst();
+    const repositoryId = await this.repositories.find(repository);
+    if (repositoryId === null) throw new RegistryError('BLOB_UNKNOWN', { digest });
+    const row = await this.reads.first<{ size: number; storage_key: string }>(
+      'blob_stat',
+      `SELECT b.size, b.storage_key FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+       WHERE rb.repository_id = $1 AND rb.digest = $2`,
+      [repositoryId, digest],
+    );
     if (!row) throw new RegistryError('BLOB_UNKNOWN', { digest });
     return { digest, size: row.size, storageKey: row.storage_key };
   }

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { sql } from 'kysely';
-import type { Db, Tx } from '@strata/db';
+import type { Db, PreparedReads, Tx } from '@strata/db';
 import { EventStore, type RequestMeta } from '@strata/events';
 import {
   assertName,
@@ -61,6 +61,13 @@ export async function readLimited(body: AsyncIterable<Buffer> | null, limit: num
   return Buffer.concat(chunks, size);
 }
 
+interface ManifestRowRead {
+  digest: string;
+  media_type: string;
+  size: number;
+  content?: Buffer;
+}
+
 const UNIQUE_RETRIES = 5;
 const INSERT_BATCH = 1000;
 
@@ -75,6 +82,7 @@ export class ManifestService {
   constructor(
     private readonly db: Db,
     private readonly repositories: RepositoryStore,
+    private readonly reads: PreparedReads,
   ) {}
 
   async put(
@@ -318,21 +326,25 @@ export class ManifestService {
     assertName(repository);
     const target = parseReference(reference);
     if (target === null) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
-    let query = this.db
-      .selectFrom('manifests as m')
-      .innerJoin('repositories as r', 'r.id', 'm.repository_id')
-      .select(['m.digest', 'm.media_type', 'm.size'])
-      .$if(withContent, (q) => q.select('m.content'))
-      .where('r.name', '=', repository);
-    query =
+    const repositoryId = await this.repositories.find(repository);
+    if (repositoryId === null) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
+    const columns = withContent
+      ? 'm.digest, m.media_type, m.size, m.content'
+      : 'm.digest, m.media_type, m.size';
+    const row =
       'tag' in target
-        ? query
-            .innerJoin('tags as t', (j) =>
-              j.onRef('t.repository_id', '=', 'm.repository_id').onRef('t.digest', '=', 'm.digest'),
-            )
-            .where('t.name', '=', target.tag)
-        : query.where('m.digest', '=', target.digest.digest);
-    const row = await query.executeTakeFirst();
+        ? await this.reads.first<ManifestRowRead>(
+            withContent ? 'manifest_by_tag' : 'manifest_stat_by_tag',
+            `SELECT ${columns} FROM tags t
+             JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
+             WHERE t.repository_id = $1 AND t.name = $2`,
+            [repositoryId, target.tag],
+          )
+        : await this.reads.first<ManifestRowRead>(
+            withContent ? 'manifest_by_digest' : 'manifest_stat_by_digest',
+            `SELECT ${columns} FROM manifests m WHERE m.repository_id = $1 AND m.digest = $2`,
+            [repositoryId, target.digest.digest],
+          );
     if (!row) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
     return {
       digest: row.digest,

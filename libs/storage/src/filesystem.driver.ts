@@ -6,7 +6,7 @@ import { assertKey, type BlobStorage, type ByteRange } from './blob-storage';
 import { nonce } from './paths';
 
 /** Flush written data every this many bytes while a write goes on, so the final fsync has little left to do. */
-const SYNC_EVERY = 32 * 1024 * 1024;
+const SYNC_EVERY = 4 * 1024 * 1024;
 const WRITE_BATCH = 1024 * 1024;
 const READ_CHUNK = 1024 * 1024;
 const STALE_TEMP_MS = 24 * 3600 * 1000;
