@@ -1,3 +1,4 @@
+import { ResumableSha256 } from '@strata/digest';
 import { errorCodes, pushBlob, randomBlob, sha256 } from '../support/http';
 import { startTestApp, type TestApp } from '../support/test-app';
 
@@ -76,6 +77,32 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
     const get = await fetch(url(`/v2/chunky/blobs/${digest}`));
     expect(get.headers.get('content-length')).toBe('300000');
     expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
+  });
+
+  it('saves the resumable SHA-256 state of a chunked upload in its row, off the request path', async () => {
+    const { data } = randomBlob(3 * 1024 * 1024);
+    const location = await startUpload('resumable');
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(url(location), {
+        method: 'PATCH',
+        body: data.subarray(i << 20, (i + 1) << 20),
+      });
+      expect(res.status).toBe(202);
+    }
+    const id = location.split('/').pop()!;
+    let row: { size: number; hash_offset: number; hash_state: Buffer | null } | undefined;
+    for (let tries = 0; tries < 200; tries++) {
+      row = await t.database.db
+        .selectFrom('uploads')
+        .select(['size', 'hash_offset', 'hash_state'])
+        .where('id', '=', id)
+        .executeTakeFirstOrThrow();
+      if (row.hash_offset === row.size) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(row!.hash_offset).toBe(data.length);
+    const resumed = await ResumableSha256.create(row!.hash_state);
+    expect(`sha256:${resumed.hex()}`).toBe(sha256(data));
   });
 
   it('serves byte ranges with 206 across chunk boundaries', async () => {

@@ -1,1 +1,2 @@
 export * from './hashers';
+export * from './worker-sha256';

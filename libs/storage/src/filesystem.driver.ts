@@ -82,7 +82,7 @@ export class FilesystemDriver implements BlobStorage {
     let batch: Buffer[] = [];
     let batchBytes = 0;
     const flush = async (): Promise<void> => {
-      let pending = batch;
+      const pending = batch;
       batch = [];
       batchBytes = 0;
       while (pending.length) {
