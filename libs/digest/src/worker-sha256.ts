@@ -37,7 +37,7 @@ parentPort.on('message', (m) => {
 `;
 
 /** How much may be queued to the worker before the sender waits for it to catch up. */
-const MAX_IN_FLIGHT = 8 * 1024 * 1024;
+const MAX_IN_FLIGHT = 2 * 1024 * 1024;
 
 interface Pending {
   resolve(state: Buffer): void;
@@ -95,8 +95,10 @@ export class WorkerSha256Pool {
     try {
       let inFlight = 0;
       for await (const chunk of source) {
-        const copy = Uint8Array.from(chunk).buffer;
-        worker.postMessage({ id, op: 'update', data: copy }, [copy]);
+        // A copy the worker then owns: socket and file buffers may be views into shared pools.
+        const copy = new Uint8Array(chunk.length);
+        copy.set(chunk);
+        worker.postMessage({ id, op: 'update', data: copy.buffer }, [copy.buffer]);
         inFlight += chunk.length;
         if (inFlight >= MAX_IN_FLIGHT) {
           state = await this.checkpoint(id, worker);

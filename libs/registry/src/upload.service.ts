@@ -281,6 +281,13 @@ export class UploadService {
       const size = await this.appendAt(repository, row, body, null, meta);
       if (size !== row.size) row = await this.load(repository, id);
     }
+    const advancing = this.advancing.get(id);
+    if (advancing && algorithm === 'sha256') {
+      // The state this replica is already computing is further along than the row says: wait rather than redo.
+      this.advanceAgain.delete(id);
+      await advancing;
+      row = await this.load(repository, id);
+    }
     const size = row.size;
     const actual = await this.finalDigest(row, algorithm);
     if (actual !== hex) {
