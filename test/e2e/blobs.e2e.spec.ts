@@ -215,6 +215,9 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
     const unknown = await fetch(url('/v2/a/nothing/here'));
     expect(unknown.status).toBe(404);
     expect(unknown.headers.get('content-type')).toMatch(/application\/json/);
+    const badUrl = await fetch(url('/v2/a%zz/blobs/uploads/'), { method: 'POST' });
+    expect(badUrl.status).toBe(400);
+    expect(await errorCodes(badUrl)).toEqual(['BAD_REQUEST']);
     const head = await fetch(url('/v2/a/nothing/here'), { method: 'HEAD' });
     expect(head.status).toBe(404);
     expect(await head.text()).toBe('');

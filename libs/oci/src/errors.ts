@@ -71,6 +71,7 @@ export const ERROR_TABLE = {
   MANIFEST_TOO_LARGE: { code: 'SIZE_INVALID', status: 413, message: 'manifest exceeds the size limit' },
   METHOD_UNKNOWN: { code: 'UNSUPPORTED', status: 405, message: 'method not allowed for this resource' },
   ROUTE_UNKNOWN: { code: 'NOT_FOUND', status: 404, message: 'no such route' },
+  URL_INVALID: { code: 'BAD_REQUEST', status: 400, message: 'malformed request URL' },
   UNAVAILABLE: { code: 'UNAVAILABLE', status: 503, message: 'service unavailable' },
   UNKNOWN: { code: 'UNKNOWN', status: 500, message: 'unknown error' },
 } as const satisfies Record<string, ErrorEntry>;

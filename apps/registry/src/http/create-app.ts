@@ -2,6 +2,8 @@ import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
+import { RegistryError } from '@strata/oci';
 import { AppModule } from '../app.module';
 import type { Runtime } from '../runtime';
 import { PinoNestLogger } from './logger';
@@ -26,6 +28,14 @@ export async function createApp(runtime: Runtime): Promise<NestFastifyApplicatio
     forceCloseConnections: 'idle',
     keepAliveTimeout: 65_000,
     requestTimeout: 0,
+    // Errors Fastify raises before routing (a URL that does not decode) get the same envelope as everything else.
+    frameworkErrors: (error: FastifyError, req: FastifyRequest, reply: FastifyReply) =>
+      sendError(
+        error.code === 'FST_ERR_BAD_URL' ? new RegistryError('URL_INVALID', error.message) : error,
+        req,
+        reply,
+        logger,
+      ),
     rewriteUrl: (req: IncomingMessage) => rewriteOciUrl(req.url ?? '/'),
     genReqId: (req: IncomingMessage) => {
       const given = req.headers['x-request-id'];
