@@ -9,15 +9,15 @@ import { startTestApp, type TestApp } from '../support/test-app';
 const execFileAsync = promisify(execFile);
 const hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-/** skopeo from Debian's packages: installed when missing and this process may (root). Null, with why, if not. */
-function ensureSkopeo(): string | null {
-  if (spawnSync('skopeo', ['--version']).status === 0) return null;
-  if (process.getuid?.() !== 0) return 'skopeo is not installed and this user cannot install it (not root)';
+/** A client from Debian's packages: installed when missing and this process may (root). Null, with why, if not. */
+function ensureTool(tool: 'skopeo' | 'podman'): string | null {
+  if (spawnSync(tool, ['--version']).status === 0) return null;
+  if (process.getuid?.() !== 0) return `${tool} is not installed and this user cannot install it (not root)`;
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   spawnSync('apt-get', ['update', '-qq'], { env, stdio: 'ignore' });
-  const r = spawnSync('apt-get', ['install', '-y', '-qq', 'skopeo'], { env, encoding: 'utf8' });
-  if (r.status !== 0 || spawnSync('skopeo', ['--version']).status !== 0) {
-    return `skopeo could not be installed from Debian's packages: ${(r.stderr || '').trim().split('\n').pop()}`;
+  const r = spawnSync('apt-get', ['install', '-y', '-qq', tool], { env, encoding: 'utf8' });
+  if (r.status !== 0 || spawnSync(tool, ['--version']).status !== 0) {
+    return `${tool} could not be installed from Debian's packages: ${(r.stderr || '').trim().split('\n').pop()}`;
   }
   return null;
 }
@@ -91,8 +91,20 @@ async function buildLayout(root: string, layers: number): Promise<Layout> {
   return { dir, manifestDigest, blobDigests: [configDesc.digest, ...layerDescs.map((l) => l.digest)] };
 }
 
-const skip = ensureSkopeo();
+const skip = ensureTool('skopeo');
 if (skip) process.stdout.write(`\nSKIPPING the skopeo end-to-end test: ${skip}\n`);
+const skipPodman = ensureTool('podman');
+if (skipPodman) process.stdout.write(`\nSKIPPING the podman end-to-end test: ${skipPodman}\n`);
+
+/** Runs a client asynchronously: the registry under test serves from this same process. */
+async function run(tool: string, ...args: string[]): Promise<string> {
+  try {
+    const { stdout } = await execFileAsync(tool, args, { encoding: 'utf8', timeout: 120_000 });
+    return stdout;
+  } catch (e) {
+    throw new Error(`${tool} ${args.join(' ')} failed: ${(e as { stderr?: string }).stderr ?? String(e)}`);
+  }
+}
 
 (skip ? describe.skip : describe)('skopeo against Strata', () => {
   let t: TestApp;
@@ -172,5 +184,48 @@ if (skip) process.stdout.write(`\nSKIPPING the skopeo end-to-end test: ${skip}\n
     const a = await skopeo('inspect', '--raw', '--tls-verify=false', `docker://${host}/e2e/app:v1`);
     const b = await skopeo('inspect', '--raw', '--tls-verify=false', `docker://${host}/e2e/copy:v1`);
     expect(b).toBe(a);
+  });
+});
+
+(skipPodman ? describe.skip : describe)('podman against Strata', () => {
+  let t: TestApp;
+  let root: string;
+
+  beforeAll(async () => {
+    t = await startTestApp();
+    // podman names the image it imports after the layout's path, and image names must be lowercase.
+    root = join(tmpdir(), `strata-podman-${randomBytes(6).toString('hex')}`);
+    await mkdir(root);
+  });
+  afterAll(async () => {
+    expect(t.serverErrors()).toEqual([]);
+    await t.close();
+    await rm(root, { recursive: true, force: true });
+  });
+
+  it('pushes an image with podman and pulls it back with the same image id and layers', async () => {
+    const layout = await buildLayout(root, 2);
+    const host = t.url.replace('http://', '');
+    const local = `localhost/strata-e2e/podman-${Date.now()}:v1`;
+    const remote = `${host}/e2e/podman:v1`;
+    const configHex = layout.blobDigests[0]!.slice('sha256:'.length);
+    await run('podman', 'pull', '--quiet', `oci:${layout.dir}:v1`);
+    await run('podman', 'tag', configHex, local);
+    try {
+      await run('podman', 'push', '--quiet', '--tls-verify=false', local, `docker://${remote}`);
+      const tags = (await (await fetch(`${t.url}/v2/e2e/podman/tags/list`)).json()) as { tags: string[] };
+      expect(tags.tags).toEqual(['v1']);
+      await run('podman', 'rmi', '--force', local, configHex);
+      await run('podman', 'pull', '--quiet', '--tls-verify=false', remote);
+      const id = (await run('podman', 'image', 'inspect', '--format', '{{.Id}}', remote)).trim();
+      expect(id).toBe(configHex);
+      const head = await fetch(`${t.url}/v2/e2e/podman/manifests/v1`, { method: 'HEAD' });
+      expect(head.status).toBe(200);
+      const digests = (await run('podman', 'image', 'inspect', '--format', '{{.Digest}}', remote)).trim();
+      expect(digests).toBe(head.headers.get('docker-content-digest'));
+    } finally {
+      await run('podman', 'rmi', '--force', remote).catch(() => undefined);
+      await run('podman', 'rmi', '--force', configHex).catch(() => undefined);
+    }
   });
 });

@@ -37,7 +37,7 @@ parentPort.on('message', (m) => {
 `;
 
 /** How much may be queued to the worker before the sender waits for it to catch up. */
-const MAX_IN_FLIGHT = 2 * 1024 * 1024;
+const MAX_IN_FLIGHT = 8 * 1024 * 1024;
 
 interface Pending {
   resolve(state: Buffer): void;
