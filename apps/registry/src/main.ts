@@ -28,6 +28,11 @@ function configOrExit(): Config {
 
 async function serve(config: Config): Promise<void> {
   const logger = createLogger(config.logLevel);
+  // Node's own warnings (deprecations and the like) in the same JSON lines as everything else.
+  process.removeAllListeners('warning');
+  process.on('warning', (w: Error & { code?: string }) =>
+    logger.warn({ warning: w.name, code: w.code }, w.message),
+  );
   const runtime = await startRuntime(config, logger);
   const app = await createApp(runtime);
   await app.listen(config.port, config.host);

@@ -1,4 +1,5 @@
-import { type DynamicModule, Global, Module } from '@nestjs/common';
+import { type DynamicModule, Global, Module, type OnModuleDestroy } from '@nestjs/common';
+import { ModuleRef } from '@nestjs/core';
 import {
   BlobService,
   CatalogService,
@@ -13,7 +14,13 @@ import { CONFIG, DB, LOGGER, POOL, RUNTIME, STORAGE } from './tokens';
 /** Hands the runtime (pool, storage, logger) to Nest and builds the framework-free domain services on it. */
 @Global()
 @Module({})
-export class RegistryModule {
+export class RegistryModule implements OnModuleDestroy {
+  constructor(private readonly moduleRef: ModuleRef) {}
+
+  async onModuleDestroy(): Promise<void> {
+    await this.moduleRef.get(UploadService).close();
+  }
+
   static register(runtime: Runtime): DynamicModule {
     const reads = new PreparedReads(runtime.pool);
     return {

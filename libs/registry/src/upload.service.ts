@@ -61,6 +61,12 @@ export class UploadService {
     private readonly logger: Logger,
   ) {}
 
+  /** Stops the hashing worker once background catch-ups finish; the service is not used after. */
+  async close(): Promise<void> {
+    await Promise.all(this.advancing.values());
+    await this.hashPool.close();
+  }
+
   async start(repository: string, meta: RequestMeta): Promise<UploadStatus> {
     const repositoryId = await this.repositories.ensure(repository);
     const id = randomUUID();
