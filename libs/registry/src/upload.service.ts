@@ -340,21 +340,7 @@ export class UploadService {
             );
           }
         }
-        let inserted = false;
-        if (key !== null) {
-          const ins = await tx
-            .insertInto('blobs')
-            .values({ digest, size, storage_key: key })
-            .onConflict((oc) => oc.column('digest').doNothing())
-            .executeTakeFirst();
-          inserted = ins.numInsertedOrUpdatedRows === 1n;
-        }
-        if (!inserted) await this.assertStoredSize(tx, digest, size);
-        await tx
-          .insertInto('repository_blobs')
-          .values({ repository_id: repositoryId, digest })
-          .onConflict((oc) => oc.columns(['repository_id', 'digest']).doNothing())
-          .execute();
+        const inserted = await this.publish(tx, repositoryId, digest, size, key);
         const removed = await tx
           .deleteFrom('uploads')
           .where('id', '=', id)
@@ -514,18 +500,7 @@ export class UploadService {
             meta,
           });
         }
-        const ins = await tx
-          .insertInto('blobs')
-          .values({ digest, size, storage_key: key })
-          .onConflict((oc) => oc.column('digest').doNothing())
-          .executeTakeFirst();
-        const created = ins.numInsertedOrUpdatedRows === 1n;
-        if (!created) await this.assertStoredSize(tx, digest, size);
-        await tx
-          .insertInto('repository_blobs')
-          .values({ repository_id: repositoryId, digest })
-          .onConflict((oc) => oc.columns(['repository_id', 'digest']).doNothing())
-          .execute();
+        const created = await this.publish(tx, repositoryId, digest, size, key);
         if (size > 0) {
           await this.events.append(tx, {
             type: 'upload.chunk',
@@ -550,6 +525,35 @@ export class UploadService {
     }
     if (!inserted) await this.removeObjects([key]);
     return { digest, size };
+  }
+
+  /**
+   * Makes `digest` readable in the repository: the blob row under `key` unless an identical upload stored it
+   * first (or `key` is null because it already existed), and the link. True when this call stored the blob.
+   */
+  private async publish(
+    tx: Tx,
+    repositoryId: number,
+    digest: string,
+    size: number,
+    key: string | null,
+  ): Promise<boolean> {
+    let created = false;
+    if (key !== null) {
+      const ins = await tx
+        .insertInto('blobs')
+        .values({ digest, size, storage_key: key })
+        .onConflict((oc) => oc.column('digest').doNothing())
+        .executeTakeFirst();
+      created = ins.numInsertedOrUpdatedRows === 1n;
+    }
+    if (!created) await this.assertStoredSize(tx, digest, size);
+    await tx
+      .insertInto('repository_blobs')
+      .values({ repository_id: repositoryId, digest })
+      .onConflict((oc) => oc.columns(['repository_id', 'digest']).doNothing())
+      .execute();
+    return created;
   }
 
   private async assertStoredSize(tx: Tx, digest: string, size: number): Promise<void> {
