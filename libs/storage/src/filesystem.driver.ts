@@ -107,7 +107,8 @@ export class FilesystemDriver implements BlobStorage {
       }
       await flush();
       await syncing;
-      await fh.sync();
+      // Data and the size needed to read it back; timestamps need not reach the disk first.
+      await fh.datasync();
       await fh.close();
     } catch (e) {
       await syncing?.catch(() => undefined);
