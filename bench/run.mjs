@@ -6,6 +6,7 @@
 //   BENCH_SERVERS=strata          one side only (or reference)
 //   BENCH_SEQUENTIAL=1            one server's whole suite, then the other's (default: workload by workload)
 //   BENCH_REPS=3                  repetitions of uploads, download and skopeo (median reported)
+//   BENCH_ONLY=small,manifests    only the workloads whose names contain one of these words
 //   BENCH_QUIET_WAIT=<seconds>    how long to wait, before each workload, for other jobs on the machine to go quiet
 //   DATABASE_URL=postgres://…     PostgreSQL server to create the throw-away bench database on
 import { execFileSync } from 'node:child_process';
@@ -152,7 +153,7 @@ const METRICS = [
 ];
 
 // workload name → function and the metric keys it yields (a failure marks all of them).
-const WORKLOADS = [
+const ALL_WORKLOADS = [
   { name: 'monolithic upload', fn: W.monolithic, repeat: true, keys: ['monoMBps'] },
   { name: 'chunked upload', fn: W.chunked, repeat: true, keys: ['chunkedMBps'] },
   { name: 'download', fn: W.downloadWorkload, repeat: true, keys: ['downloadMBps'] },
@@ -167,6 +168,14 @@ const WORKLOADS = [
   { name: 'skopeo push', fn: W.skopeoPush, repeat: true, keys: ['skopeoPushSec'] },
   { name: 'skopeo pull', fn: W.skopeoPull, repeat: true, keys: ['skopeoPullSec'] },
 ];
+
+const ONLY = (process.env.BENCH_ONLY ?? '')
+  .split(',')
+  .map((s) => s.trim())
+  .filter(Boolean);
+const WORKLOADS = ONLY.length
+  ? ALL_WORKLOADS.filter((w) => ONLY.some((o) => w.name.includes(o)))
+  : ALL_WORKLOADS;
 
 const log = (msg) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
 

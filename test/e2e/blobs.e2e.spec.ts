@@ -247,4 +247,77 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
       expect(e.request_id).toBeTruthy();
     }
   });
+
+  describe('small blobs kept in their row', () => {
+    const INLINE_MAX = 65_536;
+    const row = async (digest: string) =>
+      t.database.db
+        .selectFrom('blobs')
+        .select(['size', 'storage_key', (eb) => eb.ref('content').as('content')])
+        .where('digest', '=', digest)
+        .executeTakeFirst();
+
+    it('stores a blob of up to STRATA_INLINE_BLOB_MAX bytes in its row and serves it whole and by range', async () => {
+      const { data, digest } = randomBlob(INLINE_MAX);
+      const res = await pushBlob(t.url, 'inline/one', data);
+      expect(res.status).toBe(201);
+      const stored = await row(digest);
+      expect(stored?.storage_key).toBeNull();
+      expect(stored?.size).toBe(INLINE_MAX);
+      expect(sha256(stored!.content!)).toBe(digest);
+      const head = await fetch(url(`/v2/inline/one/blobs/${digest}`), { method: 'HEAD' });
+      expect(head.headers.get('content-length')).toBe(String(INLINE_MAX));
+      const get = await fetch(url(`/v2/inline/one/blobs/${digest}`));
+      expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
+      const part = await fetch(url(`/v2/inline/one/blobs/${digest}`), { headers: { range: 'bytes=10-19' } });
+      expect(part.status).toBe(206);
+      expect(part.headers.get('content-range')).toBe(`bytes 10-19/${INLINE_MAX}`);
+      expect(Buffer.from(await part.arrayBuffer())).toEqual(data.subarray(10, 20));
+    });
+
+    it('stores one byte more in storage, not in the row', async () => {
+      const { data, digest } = randomBlob(INLINE_MAX + 1);
+      expect((await pushBlob(t.url, 'inline/two', data)).status).toBe(201);
+      const stored = await row(digest);
+      expect(stored?.storage_key).not.toBeNull();
+      expect(stored?.content).toBeNull();
+      const get = await fetch(url(`/v2/inline/two/blobs/${digest}`));
+      expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
+    });
+
+    it('links a small blob already stored in chunks instead of storing it again', async () => {
+      const { data, digest } = randomBlob(5000);
+      const location = await startUpload('inline/chunked');
+      const patch = await fetch(url(location), {
+        method: 'PATCH',
+        body: data.subarray(0, 2000),
+        headers: { 'content-type': 'application/octet-stream' },
+      });
+      expect(patch.status).toBe(202);
+      const put = new URL(patch.headers.get('location')!, t.url);
+      put.searchParams.set('digest', digest);
+      const done = await fetch(put, {
+        method: 'PUT',
+        body: data.subarray(2000),
+        headers: { 'content-type': 'application/octet-stream' },
+      });
+      expect(done.status).toBe(201);
+      const before = await row(digest);
+      expect(before?.storage_key).not.toBeNull();
+      expect((await pushBlob(t.url, 'inline/again', data)).status).toBe(201);
+      expect(await row(digest)).toEqual(before);
+      const get = await fetch(url(`/v2/inline/again/blobs/${digest}`));
+      expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
+    });
+
+    it('refuses a small blob whose digest does not match, storing nothing', async () => {
+      const { data } = randomBlob(100);
+      const wrong = randomBlob(100).digest;
+      const res = await pushBlob(t.url, 'inline/bad', data, wrong);
+      expect(res.status).toBe(400);
+      expect(await errorCodes(res)).toEqual(['DIGEST_INVALID']);
+      expect(await row(wrong)).toBeUndefined();
+      expect(await row(sha256(data))).toBeUndefined();
+    });
+  });
 });

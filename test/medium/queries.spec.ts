@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import pino from 'pino';
-import { PreparedReads } from '@strata/db';
+import { PreparedStatements } from '@strata/db';
 import type { RequestMeta } from '@strata/events';
 import { MEDIA_TYPE } from '@strata/oci';
 import { ManifestService, RepositoryStore, UploadService } from '@strata/registry';
@@ -65,8 +65,14 @@ describe('the worked queries of docs/queries.md', () => {
     const storage = new FilesystemDriver(dataDir);
     await storage.init();
     const repositories = new RepositoryStore(t.db);
-    uploads = new UploadService(t.db, storage, repositories, pino({ level: 'silent' }));
-    manifests = new ManifestService(t.db, repositories, new PreparedReads(t.pool));
+    uploads = new UploadService(
+      t.db,
+      storage,
+      repositories,
+      pino({ level: 'silent' }),
+      new PreparedStatements(t.pool),
+    );
+    manifests = new ManifestService(t.db, repositories, new PreparedStatements(t.pool));
   });
   afterAll(async () => {
     t.pool.on('error', () => undefined);

@@ -7,7 +7,7 @@ import {
   RepositoryStore,
   UploadService,
 } from '@strata/registry';
-import { PreparedReads } from '@strata/db';
+import { PreparedStatements } from '@strata/db';
 import type { Runtime } from './runtime';
 import { CONFIG, DB, LOGGER, POOL, RUNTIME, STORAGE } from './tokens';
 
@@ -22,7 +22,7 @@ export class RegistryModule implements OnModuleDestroy {
   }
 
   static register(runtime: Runtime): DynamicModule {
-    const reads = new PreparedReads(runtime.pool);
+    const prepared = new PreparedStatements(runtime.pool);
     return {
       module: RegistryModule,
       providers: [
@@ -37,17 +37,20 @@ export class RegistryModule implements OnModuleDestroy {
           provide: UploadService,
           inject: [RepositoryStore],
           useFactory: (repos: RepositoryStore) =>
-            new UploadService(runtime.db, runtime.storage, repos, runtime.logger),
+            new UploadService(runtime.db, runtime.storage, repos, runtime.logger, prepared, {
+              inlineMax: runtime.config.inlineBlobMax,
+            }),
         },
         {
           provide: BlobService,
           inject: [RepositoryStore],
-          useFactory: (repos: RepositoryStore) => new BlobService(runtime.db, runtime.storage, repos, reads),
+          useFactory: (repos: RepositoryStore) =>
+            new BlobService(runtime.db, runtime.storage, repos, prepared),
         },
         {
           provide: ManifestService,
           inject: [RepositoryStore],
-          useFactory: (repos: RepositoryStore) => new ManifestService(runtime.db, repos, reads),
+          useFactory: (repos: RepositoryStore) => new ManifestService(runtime.db, repos, prepared),
         },
         {
           provide: CatalogService,

@@ -48,7 +48,10 @@ export interface UploadChunksTable {
 export interface BlobsTable {
   digest: string;
   size: number;
-  storage_key: string;
+  /** Where the bytes are stored, or null when they are `content`. */
+  storage_key: string | null;
+  /** The bytes of a small blob, kept in its row. */
+  content: Buffer | null;
   created_at: Generated<Date>;
 }
 

@@ -1,5 +1,5 @@
-import type { Readable } from 'node:stream';
-import type { Db, PreparedReads } from '@strata/db';
+import { Readable } from 'node:stream';
+import type { Db, PreparedStatements } from '@strata/db';
 import { EventStore, type RequestMeta } from '@strata/events';
 import { assertName, parseDigest, RegistryError } from '@strata/oci';
 import type { BlobStorage, ByteRange } from '@strata/storage';
@@ -8,7 +8,8 @@ import type { RepositoryStore } from './repository.store';
 export interface BlobInfo {
   readonly digest: string;
   readonly size: number;
-  readonly storageKey: string;
+  /** Where the bytes are stored; null for a small blob kept in its row. */
+  readonly storageKey: string | null;
 }
 
 /** Reads and links of blobs that are already stored. Reads touch projections only. */
@@ -19,7 +20,7 @@ export class BlobService {
     private readonly db: Db,
     private readonly storage: BlobStorage,
     private readonly repositories: RepositoryStore,
-    private readonly reads: PreparedReads,
+    private readonly reads: PreparedStatements,
   ) {}
 
   /** The blob as linked in `repository`; BLOB_UNKNOWN when it is not, even if another repository has it. */
@@ -27,7 +28,7 @@ export class BlobService {
     parseDigest(digest);
     const repositoryId = await this.repositories.find(repository);
     if (repositoryId === null) throw new RegistryError('BLOB_UNKNOWN', { digest });
-    const row = await this.reads.first<{ size: number; storage_key: string }>(
+    const row = await this.reads.first<{ size: number; storage_key: string | null }>(
       'blob_stat',
       `SELECT b.size, b.storage_key FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
        WHERE rb.repository_id = $1 AND rb.digest = $2`,
@@ -38,7 +39,15 @@ export class BlobService {
   }
 
   async open(blob: BlobInfo, range?: ByteRange): Promise<Readable> {
-    return this.storage.read(blob.storageKey, range);
+    if (blob.storageKey !== null) return this.storage.read(blob.storageKey, range);
+    const row = await this.reads.first<{ content: Buffer | null }>(
+      'blob_content',
+      'SELECT content FROM blobs WHERE digest = $1',
+      [blob.digest],
+    );
+    if (!row?.content) throw new Error(`failed to read blob ${blob.digest}: its row holds no content`);
+    const bytes = range ? row.content.subarray(range.start, range.end + 1) : row.content;
+    return Readable.from([bytes], { objectMode: false });
   }
 
   /** Removes the blob's link from `repository`; the bytes stay for other repositories and the collector. */

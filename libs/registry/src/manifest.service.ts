@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { sql } from 'kysely';
-import type { Db, PreparedReads, Tx } from '@strata/db';
-import { EventStore, type RequestMeta } from '@strata/events';
+import type { Db, PreparedStatements, Tx } from '@strata/db';
+import { EventStore, type RequestMeta, type StatementEvent } from '@strata/events';
 import {
   assertName,
   isValidTag,
@@ -69,6 +69,8 @@ interface ManifestRowRead {
 }
 
 const UNIQUE_RETRIES = 5;
+const FOREIGN_KEY_VIOLATION = '23503';
+const UNIQUE_VIOLATION = '23505';
 const INSERT_BATCH = 1000;
 
 /**
@@ -82,7 +84,7 @@ export class ManifestService {
   constructor(
     private readonly db: Db,
     private readonly repositories: RepositoryStore,
-    private readonly reads: PreparedReads,
+    private readonly prepared: PreparedStatements,
   ) {}
 
   async put(
@@ -106,6 +108,9 @@ export class ManifestService {
     if (first && (await this.repositories.find(repository)) === null)
       throw this.missing(first.kind, first.digest);
     const repositoryId = await this.repositories.ensure(repository);
+    const tag = 'tag' in target ? target.tag : null;
+    if (await this.putAtOnce(repositoryId, repository, tag, digest, manifest, bytes, meta))
+      return { digest, subject: manifest.subject };
 
     await this.db.transaction().execute(async (tx) => {
       await this.checkReferences(tx, repositoryId, manifest);
@@ -144,6 +149,125 @@ export class ManifestService {
       if ('tag' in target) await this.moveTag(tx, repositoryId, repository, target.tag, digest, meta);
     });
     return { digest, subject: manifest.subject };
+  }
+
+  /**
+   * The usual push in one statement, one round trip and one commit: every reference is present with its size
+   * (share-locked, as in `checkReferences`), the manifest is stored unless it already is, and a tag that does not
+   * exist yet is created. Anything else (a missing reference, a tag that already exists and may have to move,
+   * a concurrent delete) makes it do nothing and return false, and the caller takes the general path.
+   */
+  private async putAtOnce(
+    repositoryId: number,
+    repository: string,
+    tag: string | null,
+    digest: string,
+    manifest: ParsedManifest,
+    bytes: Buffer,
+    meta: RequestMeta,
+  ): Promise<boolean> {
+    const refs = manifest.references;
+    const kinds = refs.map((r) => r.kind);
+    const digests = refs.map((r) => r.digest);
+    const sizes = refs.map((r) => r.size);
+    const blobDigests = [...new Set(refs.filter((r) => r.kind !== 'manifest').map((r) => r.digest))];
+    const childDigests = [...new Set(refs.filter((r) => r.kind === 'manifest').map((r) => r.digest))];
+    const events: StatementEvent[] = [
+      {
+        type: 'manifest.pushed',
+        repository,
+        subject: digest,
+        payload: {
+          digest,
+          media_type: manifest.mediaType,
+          size: bytes.length,
+          artifact_type: manifest.artifactType,
+          subject: manifest.subject,
+          references: refs.map((r) => ({ digest: r.digest, kind: r.kind, size: r.size })),
+        },
+        meta,
+        onlyIf: 'manifest',
+      },
+    ];
+    if (tag !== null) {
+      events.push({
+        type: 'tag.moved',
+        repository,
+        subject: tag,
+        payload: { tag, digest, previous: null },
+        meta,
+        onlyIf: 'tag',
+      });
+    }
+    const tagging =
+      tag === null
+        ? sql``
+        : sql`, tag AS (
+            INSERT INTO tags (repository_id, name, digest) SELECT ${repositoryId}::bigint, ${tag}::text, ${digest}::text FROM ok
+            ON CONFLICT (repository_id, name) DO NOTHING
+            RETURNING name
+          )`;
+    const lifetime =
+      tag === null
+        ? sql``
+        : sql`, lifetime AS (
+            INSERT INTO tag_lifetimes (repository_id, tag, digest, started_at, started_seq)
+            SELECT ${repositoryId}::bigint, ${tag}::text, ${digest}::text, clock_timestamp(), seq
+            FROM recorded WHERE type = 'tag.moved'
+          )`;
+    const statement = sql<{ done: boolean; tagged: boolean }>`WITH blob_refs AS MATERIALIZED (
+        SELECT rb.digest, b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+        WHERE rb.repository_id = ${repositoryId}::bigint AND rb.digest = ANY(${blobDigests}::text[])
+        FOR SHARE OF rb
+      ), child_refs AS MATERIALIZED (
+        SELECT digest, size FROM manifests
+        WHERE repository_id = ${repositoryId}::bigint AND digest = ANY(${childDigests}::text[])
+        FOR SHARE
+      ), ok AS (
+        SELECT 1 AS ok
+        WHERE NOT EXISTS (
+          SELECT 1 FROM unnest(${digests}::text[], ${sizes}::bigint[], ${kinds}::text[]) AS r(digest, size, kind)
+          WHERE NOT EXISTS (
+            SELECT 1 FROM blob_refs b WHERE r.kind <> 'manifest' AND b.digest = r.digest AND b.size = r.size
+            UNION ALL
+            SELECT 1 FROM child_refs c WHERE r.kind = 'manifest' AND c.digest = r.digest AND c.size = r.size
+          )
+        ) AND NOT EXISTS (
+          SELECT 1 FROM tags WHERE repository_id = ${repositoryId}::bigint AND name = ${tag}::text
+        )
+      ), manifest AS (
+        INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject_digest, annotations, size, content)
+        SELECT ${repositoryId}::bigint, ${digest}::text, ${manifest.mediaType}::text, ${manifest.artifactType}::text,
+               ${manifest.subject}::text, ${manifest.annotations ? JSON.stringify(manifest.annotations) : null}::jsonb,
+               ${bytes.length}::bigint, ${bytes}::bytea
+        FROM ok
+        ON CONFLICT (repository_id, digest) DO NOTHING
+        RETURNING digest
+      ), refs AS (
+        INSERT INTO manifest_references (repository_id, parent_digest, child_digest, kind, position, size)
+        SELECT ${repositoryId}::bigint, ${digest}::text, r.digest, r.kind, r.position - 1, r.size
+        FROM manifest, unnest(${digests}::text[], ${kinds}::text[], ${sizes}::bigint[]) WITH ORDINALITY
+             AS r(digest, kind, size, position)
+      )${tagging}, recorded AS (${this.events.insertion(events)})${lifetime}
+      SELECT EXISTS (SELECT 1 FROM ok) AS done,
+             ${tag === null ? sql`true` : sql`EXISTS (SELECT 1 FROM tag)`} AS tagged`;
+    let outcome: { done: boolean; tagged: boolean } | undefined;
+    try {
+      outcome = (
+        await this.prepared.run(
+          tag === null ? 'manifest_put_digest' : 'manifest_put_tag',
+          statement.compile(this.db),
+        )
+      )[0];
+    } catch (e) {
+      // A manifest deleted, or a tag created, by a concurrent request after this statement's snapshot.
+      const code = (e as { code?: string }).code;
+      if (code === FOREIGN_KEY_VIOLATION || code === UNIQUE_VIOLATION) return false;
+      throw e;
+    }
+    // Not tagged although done: the tag appeared after the snapshot. The manifest is stored; the general path
+    // finds it and moves the tag.
+    return outcome?.done === true && outcome.tagged;
   }
 
   private missing(kind: string, digest: string): RegistryError {
@@ -333,14 +457,14 @@ export class ManifestService {
       : 'm.digest, m.media_type, m.size';
     const row =
       'tag' in target
-        ? await this.reads.first<ManifestRowRead>(
+        ? await this.prepared.first<ManifestRowRead>(
             withContent ? 'manifest_by_tag' : 'manifest_stat_by_tag',
             `SELECT ${columns} FROM tags t
              JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
              WHERE t.repository_id = $1 AND t.name = $2`,
             [repositoryId, target.tag],
           )
-        : await this.reads.first<ManifestRowRead>(
+        : await this.prepared.first<ManifestRowRead>(
             withContent ? 'manifest_by_digest' : 'manifest_stat_by_digest',
             `SELECT ${columns} FROM manifests m WHERE m.repository_id = $1 AND m.digest = $2`,
             [repositoryId, target.digest.digest],

@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import { sql } from 'kysely';
-import type { Db, Tx, UploadRow } from '@strata/db';
+import type { Db, PreparedStatements, Tx, UploadRow } from '@strata/db';
 import { type Digester, nativeDigester, ResumableSha256, tap, WorkerSha256Pool } from '@strata/digest';
-import { EventStore, type RequestMeta } from '@strata/events';
+import { EventStore, type RequestMeta, type StatementEvent } from '@strata/events';
 import { type ParsedDigest, parseDigest, RegistryError } from '@strata/oci';
 import { type BlobStorage, blobKey, chunkKey } from '@strata/storage';
 import type { RepositoryStore } from './repository.store';
@@ -29,6 +29,11 @@ export interface CommittedBlob {
   readonly size: number;
 }
 
+export interface UploadOptions {
+  /** A blob of at most this many bytes that arrives in one request is stored in its row; 0: never. */
+  readonly inlineMax: number;
+}
+
 interface Chunk {
   readonly offset: number;
   readonly size: number;
@@ -41,6 +46,36 @@ export function uploadRange(size: number): string {
 }
 
 async function* emptyIterable(): AsyncGenerator<Buffer> {}
+
+/**
+ * Reads `body` until more than `limit` bytes have come. A body that ended by then is returned whole (`rest`
+ * null); otherwise `rest` streams all of it, the bytes already read first, so at most `limit` plus one read's
+ * worth is ever held.
+ */
+async function readHead(
+  body: AsyncIterable<Buffer>,
+  limit: number,
+): Promise<{ head: Buffer; rest: AsyncIterable<Buffer> | null }> {
+  if (limit <= 0) return { head: Buffer.alloc(0), rest: body };
+  const it = body[Symbol.asyncIterator]();
+  const read: Buffer[] = [];
+  let bytes = 0;
+  while (bytes <= limit) {
+    const next = await it.next();
+    if (next.done) return { head: Buffer.concat(read, bytes), rest: null };
+    read.push(next.value);
+    bytes += next.value.length;
+  }
+  async function* rest(): AsyncGenerator<Buffer> {
+    yield* read.splice(0);
+    for (;;) {
+      const next = await it.next();
+      if (next.done) return;
+      yield next.value;
+    }
+  }
+  return { head: Buffer.alloc(0), rest: rest() };
+}
 
 /**
  * Blob uploads: sessions, chunks and commits. Each chunk is streamed to its own storage key and accepted by a
@@ -59,6 +94,8 @@ export class UploadService {
     private readonly storage: BlobStorage,
     private readonly repositories: RepositoryStore,
     private readonly logger: Logger,
+    private readonly prepared: PreparedStatements,
+    private readonly options: UploadOptions = { inlineMax: 0 },
   ) {}
 
   /** Stops the hashing worker once background catch-ups finish; the service is not used after. */
@@ -70,16 +107,13 @@ export class UploadService {
   async start(repository: string, meta: RequestMeta): Promise<UploadStatus> {
     const repositoryId = await this.repositories.ensure(repository);
     const id = randomUUID();
-    await this.db.transaction().execute(async (tx) => {
-      await tx.insertInto('uploads').values({ id, repository_id: repositoryId }).execute();
-      await this.events.append(tx, {
-        type: 'upload.started',
-        repository,
-        subject: id,
-        payload: { upload_id: id },
-        meta,
-      });
-    });
+    await this.prepared.run(
+      'upload_start',
+      sql`WITH upload AS (INSERT INTO uploads (id, repository_id) VALUES (${id}::uuid, ${repositoryId}::bigint))
+        ${this.events.insertion([
+          { type: 'upload.started', repository, subject: id, payload: { upload_id: id }, meta },
+        ])}`.compile(this.db),
+    );
     return { id, repository, size: 0 };
   }
 
@@ -87,12 +121,13 @@ export class UploadService {
     const repositoryId = await this.repositories.find(repository);
     if (!UUID_RE.test(id) || repositoryId === null)
       throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
-    const row = await this.db
-      .selectFrom('uploads')
-      .selectAll()
-      .where('id', '=', id)
-      .where('repository_id', '=', repositoryId)
-      .executeTakeFirst();
+    const row = await this.prepared.first<UploadRow>(
+      'upload_load',
+      // Named columns, not *: a prepared plan must keep its result shape when a migration adds a column.
+      `SELECT id, repository_id, started_at, updated_at, size, hash_state, hash_offset, prefix_digest
+       FROM uploads WHERE id = $1 AND repository_id = $2`,
+      [id, repositoryId],
+    );
     if (!row) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
     return row;
   }
@@ -156,27 +191,30 @@ export class UploadService {
       throw new RegistryError('RANGE_INVALID', { expected: range.end - range.start + 1, received: written });
     }
     const size = offset + written;
-    const accepted = await this.db.transaction().execute(async (tx) => {
-      const updated = await tx
-        .updateTable('uploads')
-        .set({ size, updated_at: sql<Date>`now()`, prefix_digest: native ? native.hex() : null })
-        .where('id', '=', row.id)
-        .where('size', '=', offset)
-        .executeTakeFirst();
-      if (updated.numUpdatedRows !== 1n) return false;
-      await tx
-        .insertInto('upload_chunks')
-        .values({ upload_id: row.id, offset, size: written, storage_key: key })
-        .execute();
-      await this.events.append(tx, {
-        type: 'upload.chunk',
-        repository,
-        subject: row.id,
-        payload: { upload_id: row.id, offset, size: written },
-        meta,
-      });
-      return true;
-    });
+    const rows = await this.prepared.run(
+      'upload_chunk',
+      sql<{ accepted: boolean }>`WITH upload AS (
+        UPDATE uploads SET size = ${size}::bigint, updated_at = now(), prefix_digest = ${native ? native.hex() : null}::text
+        WHERE id = ${row.id}::uuid AND size = ${offset}::bigint
+        RETURNING id
+      ), chunk AS (
+        INSERT INTO upload_chunks (upload_id, "offset", size, storage_key)
+        SELECT id, ${offset}::bigint, ${written}::bigint, ${key}::text FROM upload
+      ), event AS (
+        ${this.events.insertion([
+          {
+            type: 'upload.chunk',
+            repository,
+            subject: row.id,
+            payload: { upload_id: row.id, offset, size: written },
+            meta,
+            onlyIf: 'upload',
+          },
+        ])}
+      )
+      SELECT EXISTS (SELECT 1 FROM upload) AS accepted`.compile(this.db),
+    );
+    const accepted = rows[0]?.accepted === true;
     if (!accepted) {
       await this.storage.delete(key);
       const current = await this.db
@@ -464,66 +502,83 @@ export class UploadService {
     body: AsyncIterable<Buffer>,
     meta: RequestMeta,
   ): Promise<CommittedBlob> {
-    const key = blobKey(hex);
     const digester = nativeDigester(algorithm);
-    const size = await this.storage.write(key, tap(body, digester));
+    const { head, rest } = await readHead(body, this.options.inlineMax);
+    let key: string | null = null;
+    let content: Buffer | null = null;
+    let size: number;
+    if (rest === null) {
+      content = head;
+      size = head.length;
+      digester.update(head);
+    } else {
+      key = blobKey(hex);
+      size = await this.storage.write(key, tap(rest, digester));
+    }
     const actual = digester.hex();
     if (actual !== hex) {
-      await this.storage.delete(key);
+      if (key !== null) await this.storage.delete(key);
       throw new RegistryError('DIGEST_INVALID', { expected: digest, actual: `${algorithm}:${actual}`, size });
     }
     const id = uploadId ?? randomUUID();
-    let inserted = false;
-    try {
-      inserted = await this.db.transaction().execute(async (tx) => {
-        if (uploadId) {
-          const removed = await tx
-            .deleteFrom('uploads')
-            .where('id', '=', uploadId)
-            .where('size', '=', 0)
-            .executeTakeFirst();
-          if (removed.numDeletedRows !== 1n) {
-            const still = await tx
-              .selectFrom('uploads')
-              .select('size')
-              .where('id', '=', uploadId)
-              .executeTakeFirst();
-            if (still) throw this.rangeError(repository, uploadId, still.size);
-            throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: uploadId });
-          }
-        } else {
-          await this.events.append(tx, {
-            type: 'upload.started',
-            repository,
-            subject: id,
-            payload: { upload_id: id },
-            meta,
-          });
-        }
-        const created = await this.publish(tx, repositoryId, digest, size, key);
-        if (size > 0) {
-          await this.events.append(tx, {
-            type: 'upload.chunk',
-            repository,
-            subject: id,
-            payload: { upload_id: id, offset: 0, size },
-            meta,
-          });
-        }
-        await this.events.append(tx, {
-          type: 'upload.committed',
-          repository,
-          subject: digest,
-          payload: { upload_id: id, digest, size, existed: !created },
-          meta,
-        });
-        return created;
+    const events: StatementEvent[] = [];
+    if (!uploadId)
+      events.push({ type: 'upload.started', repository, subject: id, payload: { upload_id: id }, meta });
+    if (size > 0) {
+      events.push({
+        type: 'upload.chunk',
+        repository,
+        subject: id,
+        payload: { upload_id: id, offset: 0, size },
+        meta,
       });
+    }
+    events.push({
+      type: 'upload.committed',
+      repository,
+      subject: digest,
+      payload: { upload_id: id, digest, size, existed: false },
+      merge: sql`jsonb_build_object('existed', NOT EXISTS (SELECT 1 FROM blob))`,
+      meta,
+    });
+    // One statement, so one round trip and one commit: the session's row goes (or, for a POST carrying the blob,
+    // a constant row stands in for it), and only if it did do the blob, its link and the events appear.
+    const session = uploadId
+      ? sql`DELETE FROM uploads WHERE id = ${uploadId}::uuid AND size = 0 RETURNING id`
+      : sql`SELECT 1 AS id`;
+    let outcome: { accepted: boolean; created: boolean } | undefined;
+    try {
+      const statement = sql<{ accepted: boolean; created: boolean }>`WITH session AS (${session}),
+        blob AS (
+          INSERT INTO blobs (digest, size, storage_key, content)
+          SELECT ${digest}::text, ${size}::bigint, ${key}::text, ${content}::bytea FROM session
+          ON CONFLICT (digest) DO NOTHING
+          RETURNING digest
+        ), link AS (
+          INSERT INTO repository_blobs (repository_id, digest) SELECT ${repositoryId}::bigint, ${digest}::text FROM session
+          ON CONFLICT (repository_id, digest) DO NOTHING
+        ), event AS (${this.events.insertion(events.map((e) => ({ ...e, onlyIf: 'session' })))})
+        SELECT EXISTS (SELECT 1 FROM session) AS accepted, EXISTS (SELECT 1 FROM blob) AS created`;
+      // The statement's text depends only on which events it writes, so each shape is prepared once.
+      const shape = `commit_whole_${events.map((e) => e.type.split('.')[1]).join('_')}`;
+      outcome = (await this.prepared.run(shape, statement.compile(this.db)))[0];
     } catch (e) {
-      await this.storage.delete(key).catch(() => undefined);
+      if (key !== null) await this.storage.delete(key).catch(() => undefined);
       throw e;
     }
-    if (!inserted) await this.removeObjects([key]);
+    const copies = key === null ? [] : [key];
+    if (!outcome?.accepted) {
+      await this.removeObjects(copies);
+      const still = uploadId
+        ? await this.db.selectFrom('uploads').select('size').where('id', '=', uploadId).executeTakeFirst()
+        : undefined;
+      if (uploadId && still) throw this.rangeError(repository, uploadId, still.size);
+      throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+    }
+    if (!outcome.created) {
+      await this.removeObjects(copies);
+      await this.assertStoredSize(this.db, digest, size);
+    }
     return { digest, size };
   }
 
@@ -556,7 +611,7 @@ export class UploadService {
     return created;
   }
 
-  private async assertStoredSize(tx: Tx, digest: string, size: number): Promise<void> {
+  private async assertStoredSize(tx: Db | Tx, digest: string, size: number): Promise<void> {
     const blob = await tx.selectFrom('blobs').select('size').where('digest', '=', digest).executeTakeFirst();
     if (!blob) throw new Error(`failed to commit ${digest}: its blob row vanished`);
     if (blob.size !== size)

@@ -18,6 +18,8 @@ export interface Config {
   readonly shutdownTimeoutMs: number;
   readonly dbPoolMax: number;
   readonly jobsEnabled: boolean;
+  /** Blobs up to this many bytes, pushed in one request, are kept in their database row; 0 turns that off. */
+  readonly inlineBlobMax: number;
 }
 
 export class ConfigError extends Error {
@@ -43,6 +45,7 @@ const KEYS = [
   'STRATA_SHUTDOWN_TIMEOUT',
   'STRATA_DB_POOL_MAX',
   'STRATA_JOBS',
+  'STRATA_INLINE_BLOB_MAX',
 ] as const;
 
 const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
@@ -163,5 +166,6 @@ export function loadConfig(env: Source = process.env): Config {
       parseDuration('STRATA_SHUTDOWN_TIMEOUT', get('STRATA_SHUTDOWN_TIMEOUT') ?? '10s') * 1000,
     dbPoolMax: parseIntIn('STRATA_DB_POOL_MAX', get('STRATA_DB_POOL_MAX') ?? '20', 1, 1000),
     jobsEnabled: parseBool('STRATA_JOBS', get('STRATA_JOBS') ?? 'true'),
+    inlineBlobMax: parseIntIn('STRATA_INLINE_BLOB_MAX', get('STRATA_INLINE_BLOB_MAX') ?? '65536', 0, 1048576),
   };
 }
