@@ -79,7 +79,7 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
     expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
   });
 
-  it('saves the resumable SHA-256 state of a chunked upload in its row, off the request path', async () => {
+  it('saves the resumable SHA-256 state of a chunked upload in its row once it pauses, off the request path', async () => {
     const { data } = randomBlob(3 * 1024 * 1024);
     const location = await startUpload('resumable');
     for (let i = 0; i < 3; i++) {

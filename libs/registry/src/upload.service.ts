@@ -1,8 +1,16 @@
 import { randomUUID } from 'node:crypto';
+import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { sql } from 'kysely';
 import type { Db, PreparedStatements, Tx, UploadRow } from '@strata/db';
-import { type Digester, nativeDigester, ResumableSha256, tap, WorkerSha256Pool } from '@strata/digest';
+import {
+  type Digester,
+  NativeHashCache,
+  nativeDigester,
+  ResumableSha256,
+  tap,
+  WorkerSha256Pool,
+} from '@strata/digest';
 import { EventStore, type RequestMeta, type StatementEvent } from '@strata/events';
 import { type ParsedDigest, parseDigest, RegistryError } from '@strata/oci';
 import { type BlobStorage, blobKey, chunkKey } from '@strata/storage';
@@ -10,6 +18,8 @@ import type { RepositoryStore } from './repository.store';
 
 /** How many times faster node's native SHA-256 runs than hash-wasm's on these machines (1750 vs 280 MB/s). */
 const WASM_TO_NATIVE_SPEED = 6;
+/** How long an upload must go without a chunk here before its saved hash state is brought up to date. */
+const ADVANCE_WHEN_IDLE_MS = 1000;
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export interface UploadStatus {
@@ -52,6 +62,10 @@ async function* emptyIterable(): AsyncGenerator<Buffer> {}
  * null); otherwise `rest` streams all of it, the bytes already read first, so at most `limit` plus one read's
  * worth is ever held.
  */
+function replay(chunks: readonly Buffer[]): AsyncIterable<Buffer> {
+  return Readable.from(chunks, { objectMode: false }) as AsyncIterable<Buffer>;
+}
+
 async function readHead(
   body: AsyncIterable<Buffer>,
   limit: number,
@@ -88,6 +102,8 @@ export class UploadService {
   private readonly advancing = new Map<string, Promise<void>>();
   private readonly hashPool = new WorkerSha256Pool();
   private readonly advanceAgain = new Set<string>();
+  private readonly nativeHashes = new NativeHashCache();
+  private readonly idleTimers = new Map<string, NodeJS.Timeout>();
 
   constructor(
     private readonly db: Db,
@@ -100,6 +116,8 @@ export class UploadService {
 
   /** Stops the hashing worker once background catch-ups finish; the service is not used after. */
   async close(): Promise<void> {
+    for (const timer of this.idleTimers.values()) clearTimeout(timer);
+    this.idleTimers.clear();
     await Promise.all(this.advancing.values());
     await this.hashPool.close();
   }
@@ -175,9 +193,11 @@ export class UploadService {
     meta: RequestMeta,
   ): Promise<number> {
     const offset = row.size;
-    // Bytes running from offset 0 are hashed natively as they arrive: for the usual single-chunk upload that is
-    // the digest. A later chunk is only stored; the saved state catches up off the request path (advanceHash).
-    const native = offset === 0 ? nativeDigester('sha256') : null;
+    // Bytes are hashed natively as they arrive when this process holds the hash of all bytes before them: from
+    // offset 0, or from where the last chunk it appended ended. The row then holds the digest of everything so
+    // far. A chunk that arrives at a replica without that hash is only stored, and the saved resumable state
+    // catches up off the request path (advanceHash).
+    const native = offset === 0 ? nativeDigester('sha256') : this.nativeHashes.forkAt(row.id, offset);
     const key = chunkKey(row.id, offset);
     const written = await this.storage.write(key, native ? tap(body, native) : body);
     if (written === 0) {
@@ -194,7 +214,7 @@ export class UploadService {
     const rows = await this.prepared.run(
       'upload_chunk',
       sql<{ accepted: boolean }>`WITH upload AS (
-        UPDATE uploads SET size = ${size}::bigint, updated_at = now(), prefix_digest = ${native ? native.hex() : null}::text
+        UPDATE uploads SET size = ${size}::bigint, updated_at = now(), prefix_digest = ${native ? native.fork().hex() : null}::text
         WHERE id = ${row.id}::uuid AND size = ${offset}::bigint
         RETURNING id
       ), chunk AS (
@@ -225,8 +245,33 @@ export class UploadService {
       if (!current) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: row.id });
       throw this.rangeError(repository, row.id, current.size);
     }
-    if (offset > 0) this.scheduleAdvance(row.id);
+    if (native) {
+      this.nativeHashes.set(row.id, size, native);
+      // A single chunk from offset 0 (docker's one PATCH per layer) needs no state: its digest is in the row.
+      if (offset > 0) this.advanceWhenIdle(row.id);
+    } else this.scheduleAdvance(row.id);
     return size;
+  }
+
+  /**
+   * While chunks keep arriving here, their native hash is all that is needed, and hashing them again in
+   * WebAssembly would only take a core from the upload. Once the upload pauses, its saved state catches up, so a
+   * client that resumes on another replica finds it current.
+   */
+  private advanceWhenIdle(uploadId: string): void {
+    clearTimeout(this.idleTimers.get(uploadId));
+    const timer = setTimeout(() => {
+      this.idleTimers.delete(uploadId);
+      this.scheduleAdvance(uploadId);
+    }, ADVANCE_WHEN_IDLE_MS);
+    timer.unref();
+    this.idleTimers.set(uploadId, timer);
+  }
+
+  private forget(uploadId: string): void {
+    this.nativeHashes.delete(uploadId);
+    clearTimeout(this.idleTimers.get(uploadId));
+    this.idleTimers.delete(uploadId);
   }
 
   /**
@@ -318,7 +363,30 @@ export class UploadService {
   ): Promise<CommittedBlob> {
     const parsed = parseDigest(digest);
     const { algorithm, hex } = parsed;
+    if (body && this.options.inlineMax > 0) {
+      // A small blob in one PUT (a config, say) is committed before the session is even read: one statement in
+      // all. If that cannot be done (the session has bytes already, or does not exist, or the digest is wrong), the
+      // bytes read so far are replayed through the general path below, which then gives the right answer.
+      const repositoryId = UUID_RE.test(id) ? await this.repositories.find(repository) : null;
+      if (repositoryId !== null) {
+        const { head, rest } = await readHead(body, this.options.inlineMax);
+        if (rest === null) {
+          const done = await this.commitWhole(
+            repository,
+            repositoryId,
+            id,
+            parsed,
+            replay([head]),
+            meta,
+            true,
+          );
+          if (done) return done;
+          body = replay([head]);
+        } else body = rest;
+      }
+    }
     let row = await this.load(repository, id);
+    clearTimeout(this.idleTimers.get(id));
     if (body && row.size === 0)
       return this.commitWhole(repository, row.repository_id, id, parsed, body, meta);
     if (body) {
@@ -398,6 +466,7 @@ export class UploadService {
       if (key !== null && !this.storage.transactional) await this.storage.delete(key).catch(() => undefined);
       throw e;
     }
+    this.forget(id);
     // The upload's own bytes are no longer needed: a composed blob holds its own links or copy.
     await this.removeObjects([
       ...chunks.map((c) => c.storage_key),
@@ -435,6 +504,7 @@ export class UploadService {
       return true;
     });
     if (!removed) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+    this.forget(id);
     await this.removeObjects(chunks.map((c) => c.storage_key));
   }
 
@@ -498,10 +568,29 @@ export class UploadService {
     repository: string,
     repositoryId: number,
     uploadId: string | null,
+    digest: ParsedDigest,
+    body: AsyncIterable<Buffer>,
+    meta: RequestMeta,
+    optimistic: true,
+  ): Promise<CommittedBlob | null>;
+  private async commitWhole(
+    repository: string,
+    repositoryId: number,
+    uploadId: string | null,
+    digest: ParsedDigest,
+    body: AsyncIterable<Buffer>,
+    meta: RequestMeta,
+  ): Promise<CommittedBlob>;
+  /** `optimistic`: the session was not read first; answer null, not an error, when it is not ready for this. */
+  private async commitWhole(
+    repository: string,
+    repositoryId: number,
+    uploadId: string | null,
     { digest, algorithm, hex }: ParsedDigest,
     body: AsyncIterable<Buffer>,
     meta: RequestMeta,
-  ): Promise<CommittedBlob> {
+    optimistic = false,
+  ): Promise<CommittedBlob | null> {
     const digester = nativeDigester(algorithm);
     const { head, rest } = await readHead(body, this.options.inlineMax);
     let key: string | null = null;
@@ -518,6 +607,7 @@ export class UploadService {
     const actual = digester.hex();
     if (actual !== hex) {
       if (key !== null) await this.storage.delete(key);
+      if (optimistic) return null;
       throw new RegistryError('DIGEST_INVALID', { expected: digest, actual: `${algorithm}:${actual}`, size });
     }
     const id = uploadId ?? randomUUID();
@@ -569,6 +659,7 @@ export class UploadService {
     const copies = key === null ? [] : [key];
     if (!outcome?.accepted) {
       await this.removeObjects(copies);
+      if (optimistic) return null;
       const still = uploadId
         ? await this.db.selectFrom('uploads').select('size').where('id', '=', uploadId).executeTakeFirst()
         : undefined;
