@@ -39,3 +39,24 @@ describe('WorkerSha256Pool', () => {
     );
   });
 });
+
+describe('WorkerSha256Pool when idle', () => {
+  it('stops its worker after the idle time and starts another for the next job', async () => {
+    const pool = new WorkerSha256Pool(50);
+    try {
+      const data = randomBytes(1 << 20);
+      const expected = createHash('sha256').update(data).digest('hex');
+      expect((await ResumableSha256.create(await pool.continueOver(null, pieces(data, 65536)))).hex()).toBe(
+        expected,
+      );
+      expect(pool.running).toBe(true);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(pool.running).toBe(false);
+      expect((await ResumableSha256.create(await pool.continueOver(null, pieces(data, 65536)))).hex()).toBe(
+        expected,
+      );
+    } finally {
+      await pool.close();
+    }
+  });
+});

@@ -38,6 +38,8 @@ parentPort.on('message', (m) => {
 
 /** How much may be queued to the worker before the sender waits for it to catch up. */
 const MAX_IN_FLIGHT = 8 * 1024 * 1024;
+/** An unused worker is stopped after this long: its isolate and WebAssembly memory cost about 20 MiB. */
+const IDLE_STOP_MS = 30_000;
 
 interface Pending {
   resolve(state: Buffer): void;
@@ -52,6 +54,10 @@ export class WorkerSha256Pool {
   private worker: Worker | null = null;
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
+  private active = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly idleStopMs = IDLE_STOP_MS) {}
 
   private get w(): Worker {
     if (!this.worker) {
@@ -67,8 +73,12 @@ export class WorkerSha256Pool {
         if (m.error !== undefined || !m.state) p.reject(new Error(`failed to hash in worker: ${m.error}`));
         else p.resolve(Buffer.from(m.state));
       });
-      worker.on('error', (e) => this.fail(e));
+      // A worker stopped for idleness may exit after its successor started: only the current one matters.
+      worker.on('error', (e) => {
+        if (this.worker === worker) this.fail(e);
+      });
       worker.on('exit', () => {
+        if (this.worker !== worker) return;
         this.worker = null;
         this.fail(new Error('hash worker exited'));
       });
@@ -89,6 +99,24 @@ export class WorkerSha256Pool {
   async continueOver(state: Buffer | null, source: AsyncIterable<Buffer>): Promise<Buffer> {
     if (state && state.length !== SHA256_STATE_BYTES)
       throw new Error(`bad SHA-256 state of ${state.length} bytes`);
+    clearTimeout(this.idleTimer);
+    this.active++;
+    try {
+      return await this.run(state, source);
+    } finally {
+      if (--this.active === 0) {
+        this.idleTimer = setTimeout(() => void this.close(), this.idleStopMs);
+        this.idleTimer.unref();
+      }
+    }
+  }
+
+  /** Whether a worker thread is running now. */
+  get running(): boolean {
+    return this.worker !== null;
+  }
+
+  private async run(state: Buffer | null, source: AsyncIterable<Buffer>): Promise<Buffer> {
     const worker = this.w;
     const id = this.nextId++;
     worker.postMessage({ id, op: 'open', state: state ? Uint8Array.from(state).buffer : null });
@@ -121,6 +149,7 @@ export class WorkerSha256Pool {
   }
 
   async close(): Promise<void> {
+    clearTimeout(this.idleTimer);
     const w = this.worker;
     this.worker = null;
     if (w) await w.terminate();
