@@ -318,7 +318,9 @@ function finish(state) {
       if (key === 'wall') continue;
       merged[key] = key.endsWith('MB')
         ? ps.reduce((t, p) => t + p[key], 0)
-        : ps.reduce((t, p) => t + p[key] * p.wall, 0) / (wall || 1);
+        : key === 'peakRssMiB'
+          ? Math.max(...ps.map((p) => p[key]))
+          : ps.reduce((t, p) => t + p[key] * p.wall, 0) / (wall || 1);
     }
     result.profiles[label] = merged;
   }
@@ -328,7 +330,8 @@ async function closeServer(state) {
   const { name, server, result } = state;
   finish(state);
   if (server) {
-    result.metrics.peakRssMiB = peakRssMiB(server.pid);
+    // The largest of each workload's own peak (VmHWM is reset before each) and what is left of the last one.
+    result.metrics.peakRssMiB = Math.max(peakRssMiB(server.pid), server.peakRssMiB ?? 0);
     if (server.child.exitCode !== null || server.child.signalCode !== null) {
       result.errors.peakRssMiB = 'server died';
       log(`${name} log tail:\n${readFileSync(server.logFile, 'utf8').slice(-2000)}`);
@@ -376,8 +379,8 @@ function table(results) {
 
 function profileTable(results) {
   const rows = [
-    '| workload | server | wall (s) | server CPU | PostgreSQL CPU | bench client CPU | skopeo CPU | other processes CPU | machine idle | iowait | steal | server disk write (MB) |',
-    '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| workload | server | wall (s) | server CPU | PostgreSQL CPU | bench client CPU | skopeo CPU | other processes CPU | machine idle | iowait | steal | server disk write (MB) | server peak RSS (MiB) |',
+    '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   const labels = [...new Set(Object.values(results).flatMap((r) => Object.keys(r.profiles)))];
   const pct = (x) => `${Math.round(x)}%`;
@@ -386,7 +389,7 @@ function profileTable(results) {
       const p = r.profiles[label];
       if (!p) continue;
       rows.push(
-        `| ${label} | ${name} | ${p.wall.toFixed(2)} | ${pct(p.server)} | ${pct(p.pg)} | ${pct(p.client)} | ${pct(p.children)} | ${pct(p.other)} | ${pct(p.idle)} | ${pct(p.iowait)} | ${pct(p.steal)} | ${Math.round(p.diskWriteMB)} |`,
+        `| ${label} | ${name} | ${p.wall.toFixed(2)} | ${pct(p.server)} | ${pct(p.pg)} | ${pct(p.client)} | ${pct(p.children)} | ${pct(p.other)} | ${pct(p.idle)} | ${pct(p.iowait)} | ${pct(p.steal)} | ${Math.round(p.diskWriteMB)} | ${Math.round(p.peakRssMiB)} |`,
       );
     }
   }

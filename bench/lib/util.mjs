@@ -1,6 +1,6 @@
 // Small helpers shared by the bench: HTTP requests with streamed bodies, ports, statistics, /proc sampling.
 import { createHash, randomFillSync } from 'node:crypto';
-import { createWriteStream, readdirSync, readFileSync } from 'node:fs';
+import { createWriteStream, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 
@@ -235,6 +235,16 @@ function procIo(pid) {
 }
 
 /** Snapshot for `profile()`: server CPU, PostgreSQL CPU, this client's CPU, children CPU, system idle/iowait. */
+/** Resets a process's VmHWM to its current RSS (Linux clear_refs), so the next reading is this period's peak. */
+export function resetPeakRss(pid) {
+  try {
+    writeFileSync(`/proc/${pid}/clear_refs`, '5');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function snapshot(pid, db) {
   const self = process.cpuUsage();
   return {
@@ -273,6 +283,7 @@ export function profile(a, b) {
     steal: sysTotal > 0 ? (100 * (b.sys.steal - a.sys.steal)) / sysTotal : 0,
     diskReadMB: (b.io.read - a.io.read) / 1e6,
     diskWriteMB: (b.io.write - a.io.write) / 1e6,
+    peakRssMiB: b.peakRssMiB ?? NaN,
   };
 }
 

@@ -7,9 +7,11 @@ import http from 'node:http';
 import { join } from 'node:path';
 import {
   expectStatus,
+  peakRssMiB,
   percentile,
   profile,
   request,
+  resetPeakRss,
   runClosedLoop,
   sha256,
   snapshot,
@@ -25,9 +27,11 @@ const keepAliveAgent = () => new http.Agent({ keepAlive: true, maxSockets: 32, m
 
 /** Times `fn` and profiles the server (and PostgreSQL, this client, skopeo) meanwhile. */
 async function profiled(server, fn) {
+  resetPeakRss(server.pid);
   const a = snapshot(server.pid, server.db);
   const value = await fn();
-  const b = snapshot(server.pid, server.db);
+  const b = { ...snapshot(server.pid, server.db), peakRssMiB: peakRssMiB(server.pid) };
+  server.peakRssMiB = Math.max(server.peakRssMiB ?? 0, b.peakRssMiB);
   return { value, profile: profile(a, b) };
 }
 

@@ -248,6 +248,52 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
     }
   });
 
+  it('sends multi-MiB blobs stored in parts whole and by ranges across parts, with the usual headers', async () => {
+    const { data, digest } = randomBlob(5 * 1024 * 1024 + 123);
+    const location = await startUpload('big/parts');
+    const cuts = [0, 1_500_000, 3_200_000, data.length];
+    let next = location;
+    for (let i = 0; i < cuts.length - 1; i++) {
+      const res = await fetch(url(next), {
+        method: 'PATCH',
+        body: data.subarray(cuts[i], cuts[i + 1]),
+        headers: { 'content-type': 'application/octet-stream' },
+      });
+      expect(res.status).toBe(202);
+      next = res.headers.get('location')!;
+    }
+    const done = new URL(next, t.url);
+    done.searchParams.set('digest', digest);
+    expect((await fetch(done, { method: 'PUT' })).status).toBe(201);
+    const get = await fetch(url(`/v2/big/parts/blobs/${digest}`), { headers: { 'x-request-id': 'dl-1' } });
+    expect(get.status).toBe(200);
+    expect(get.headers.get('x-request-id')).toBe('dl-1');
+    expect(get.headers.get('docker-distribution-api-version')).toBe('registry/2.0');
+    expect(get.headers.get('content-length')).toBe(String(data.length));
+    expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
+    const part = await fetch(url(`/v2/big/parts/blobs/${digest}`), {
+      headers: { range: 'bytes=1000000-3300000' },
+    });
+    expect(part.status).toBe(206);
+    expect(part.headers.get('content-range')).toBe(`bytes 1000000-3300000/${data.length}`);
+    expect(Buffer.from(await part.arrayBuffer())).toEqual(data.subarray(1_000_000, 3_300_001));
+  });
+
+  it('survives clients that hang up in the middle of a download', async () => {
+    const { data, digest } = randomBlob(16 * 1024 * 1024);
+    expect((await pushBlob(t.url, 'big/abort', data)).status).toBe(201);
+    for (let i = 0; i < 5; i++) {
+      const ac = new AbortController();
+      const res = await fetch(url(`/v2/big/abort/blobs/${digest}`), { signal: ac.signal });
+      const reader = res.body!.getReader();
+      await reader.read();
+      ac.abort();
+      await reader.read().catch(() => undefined);
+    }
+    const get = await fetch(url(`/v2/big/abort/blobs/${digest}`));
+    expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
+  });
+
   describe('small blobs kept in their row', () => {
     const INLINE_MAX = 65_536;
     const row = async (digest: string) =>

@@ -2,7 +2,7 @@ import { Readable } from 'node:stream';
 import type { Db, PreparedStatements } from '@strata/db';
 import { EventStore, type RequestMeta } from '@strata/events';
 import { assertName, parseDigest, RegistryError } from '@strata/oci';
-import type { BlobStorage, ByteRange } from '@strata/storage';
+import type { BlobStorage, ByteRange, ObjectReader } from '@strata/storage';
 import type { RepositoryStore } from './repository.store';
 
 export interface BlobInfo {
@@ -36,6 +36,22 @@ export class BlobService {
     );
     if (!row) throw new RegistryError('BLOB_UNKNOWN', { digest });
     return { digest, size: row.size, storageKey: row.storage_key };
+  }
+
+  /**
+   * The blob's bytes for positional reads, when its storage offers them (a stored file); null otherwise, and the
+   * caller streams `open` instead.
+   */
+  async openReader(blob: BlobInfo): Promise<ObjectReader | null> {
+    if (blob.storageKey === null || !this.storage.openReader) return null;
+    const reader = await this.storage.openReader(blob.storageKey);
+    if (reader.size !== blob.size) {
+      await reader.close();
+      throw new Error(
+        `failed to read blob ${blob.digest}: ${reader.size} bytes stored, ${blob.size} recorded`,
+      );
+    }
+    return reader;
   }
 
   async open(blob: BlobInfo, range?: ByteRange): Promise<Readable> {

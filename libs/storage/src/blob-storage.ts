@@ -8,6 +8,14 @@ export interface ByteRange {
   readonly end: number;
 }
 
+/** Random access to one object's bytes, for a sender that brings its own buffers. */
+export interface ObjectReader {
+  readonly size: number;
+  /** Reads up to `length` bytes at `position` into the start of `buffer`; resolves with the count, 0 past the end. */
+  read(buffer: Buffer, length: number, position: number): Promise<number>;
+  close(): Promise<void>;
+}
+
 /**
  * Where blob bytes live. Objects are immutable and addressed by keys the caller makes unique: a key is
  * written once and never reused, so deleting one copy can never remove another writer's bytes.
@@ -35,6 +43,12 @@ export interface BlobStorage {
 
   /** Streams the object, or the inclusive `range` of it. Rejects with code ENOENT when there is no object. */
   read(key: string, range?: ByteRange): Promise<Readable>;
+
+  /**
+   * Optional: opens the object for positional reads (see `ObjectReader`). Rejects with code ENOENT when there is no
+   * object. Drivers without it are read through `read`.
+   */
+  openReader?(key: string): Promise<ObjectReader>;
 
   /** The object's size, or null when there is none. */
   size(key: string): Promise<number | null>;

@@ -1,8 +1,20 @@
 import { constants, createReadStream } from 'node:fs';
-import { link, lstat, mkdir, open, readdir, rename, rm, stat, writeFile, unlink } from 'node:fs/promises';
+import {
+  type FileHandle,
+  link,
+  lstat,
+  mkdir,
+  open,
+  readdir,
+  rename,
+  rm,
+  stat,
+  writeFile,
+  unlink,
+} from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
-import { assertKey, type BlobStorage, type ByteRange } from './blob-storage';
+import { assertKey, type BlobStorage, type ByteRange, type ObjectReader } from './blob-storage';
 import { nonce } from './paths';
 
 /** Flush written data every this many bytes while a write goes on, so the final fsync has little left to do. */
@@ -196,6 +208,37 @@ export class FilesystemDriver implements BlobStorage {
       }
     }
     return Readable.from(concat(), { objectMode: false, highWaterMark: READ_CHUNK });
+  }
+
+  async openReader(key: string): Promise<ObjectReader> {
+    const parts = await this.parts(key);
+    const handles: FileHandle[] = [];
+    try {
+      for (const p of parts) handles.push(await open(p.path, 'r'));
+    } catch (e) {
+      await Promise.all(handles.map((h) => h.close()));
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw enoent(key);
+      throw e;
+    }
+    const size = parts.reduce((n, p) => n + p.size, 0);
+    return {
+      size,
+      async read(buffer: Buffer, length: number, position: number): Promise<number> {
+        // The part holding `position`; a read stops at its end, and the caller asks again for the rest.
+        for (let i = 0; i < parts.length; i++) {
+          const part = parts[i]!;
+          if (position >= part.start + part.size) continue;
+          const within = position - part.start;
+          const n = Math.min(length, part.size - within);
+          const { bytesRead } = await handles[i]!.read(buffer, 0, n, within);
+          return bytesRead;
+        }
+        return 0;
+      },
+      async close(): Promise<void> {
+        await Promise.all(handles.map((h) => h.close()));
+      },
+    };
   }
 
   async size(key: string): Promise<number | null> {

@@ -1,13 +1,19 @@
-import { Controller, Delete, Get, Head, Param, Req, Res } from '@nestjs/common';
+import { Controller, Delete, Get, Head, Inject, Param, Req, Res } from '@nestjs/common';
+import type { Logger } from 'pino';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '@strata/oci';
 import { BlobService } from '@strata/registry';
 import { parseByteRange } from '../http/body';
+import { sendObject } from '../http/send-object';
+import { LOGGER } from '../tokens';
 import { requestMeta } from '../http/request-context';
 
 @Controller('v2/:name/blobs')
 export class BlobsController {
-  constructor(private readonly blobs: BlobService) {}
+  constructor(
+    private readonly blobs: BlobService,
+    @Inject(LOGGER) private readonly logger: Logger,
+  ) {}
 
   @Head(':digest')
   async head(
@@ -55,6 +61,32 @@ export class BlobsController {
         .code(200)
         .headers({ ...headers, 'Content-Length': '0' })
         .send('');
+      return;
+    }
+    const reader = await this.blobs.openReader(blob);
+    if (reader) {
+      await sendObject(
+        reply,
+        reader,
+        range
+          ? {
+              status: 206,
+              headers: {
+                ...headers,
+                'Content-Length': String(range.end - range.start + 1),
+                'Content-Range': `bytes ${range.start}-${range.end}/${blob.size}`,
+              },
+              start: range.start,
+              end: range.end,
+            }
+          : {
+              status: 200,
+              headers: { ...headers, 'Content-Length': String(blob.size) },
+              start: 0,
+              end: blob.size - 1,
+            },
+        this.logger,
+      );
       return;
     }
     const stream = await this.blobs.open(blob, range ?? undefined);
