@@ -1,4 +1,4 @@
-import { type DynamicModule, Global, Module, type OnModuleDestroy } from '@nestjs/common';
+import { type DynamicModule, Global, Module, type OnApplicationShutdown } from '@nestjs/common';
 import { ModuleRef } from '@nestjs/core';
 import {
   BlobService,
@@ -14,10 +14,11 @@ import { CONFIG, DB, LOGGER, POOL, RUNTIME, STORAGE } from './tokens';
 /** Hands the runtime (pool, storage, logger) to Nest and builds the framework-free domain services on it. */
 @Global()
 @Module({})
-export class RegistryModule implements OnModuleDestroy {
+export class RegistryModule implements OnApplicationShutdown {
   constructor(private readonly moduleRef: ModuleRef) {}
 
-  async onModuleDestroy(): Promise<void> {
+  /** After the HTTP server has drained: requests in flight still hash on the upload service's worker. */
+  async onApplicationShutdown(): Promise<void> {
     await this.moduleRef.get(UploadService).close();
   }
 

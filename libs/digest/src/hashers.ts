@@ -12,57 +12,70 @@ export interface Digester {
   hex(): string;
 }
 
-/** A native digester whose state can be forked in this process (never saved: see ResumableSha256). */
-export interface ForkableDigester extends Digester {
-  /** An independent digester in the same state: feeding one does not change the other. */
-  fork(): ForkableDigester;
-}
-
-function wrap(h: Hash): ForkableDigester {
+/** Node's native hash: about six times faster than WebAssembly here, but its state cannot be saved. */
+export function nativeDigester(algorithm: Algorithm = 'sha256'): Digester {
+  const h: Hash = createHash(algorithm);
   return {
     update: (chunk) => void h.update(chunk),
     hex: () => h.digest('hex'),
-    fork: () => wrap(h.copy()),
   };
 }
 
-/** Node's native hash: about six times faster than WebAssembly here, but its state cannot be saved. */
-export function nativeDigester(algorithm: Algorithm = 'sha256'): ForkableDigester {
-  return wrap(createHash(algorithm));
+/** What `NativeHashCache` keeps: a hash that can be forked, and must be dropped when forgotten. */
+export interface Forkable<T> {
+  fork(): T;
+  drop(): void;
 }
 
 /**
- * The native SHA-256 of the uploads this process appended to last, each at the offset it covers, so that a next
- * chunk arriving here is hashed as it streams in. Bounded: the least recently used are forgotten, and an upload
- * whose hasher is gone (or that moved on through another replica) is caught up from its saved state instead.
+ * The native hash of the uploads this process appended to last, each at the offset it covers, so that a next
+ * chunk arriving here is hashed as it streams in. Bounded in number and in age: the least recently used are
+ * forgotten, and an upload whose hash is gone (or that moved on through another replica) is caught up from its
+ * saved state instead.
  */
-export class NativeHashCache {
-  private readonly entries = new Map<string, { offset: number; digester: ForkableDigester }>();
+export class NativeHashCache<T extends Forkable<T>> {
+  private readonly entries = new Map<string, { offset: number; hash: T; at: number }>();
 
-  constructor(private readonly capacity = 1024) {}
+  constructor(
+    private readonly capacity = 1024,
+    private readonly maxAgeMs = 15 * 60_000,
+  ) {}
 
-  /** A fork of the upload's hasher if it covers exactly [0, offset); the cached one stays as it was. */
-  forkAt(id: string, offset: number): ForkableDigester | null {
+  /** A fork of the upload's hash if it covers exactly [0, offset); the cached one stays as it was. */
+  forkAt(id: string, offset: number): T | null {
     const entry = this.entries.get(id);
     if (!entry) return null;
     if (entry.offset !== offset) {
-      this.entries.delete(id);
+      this.delete(id);
       return null;
     }
-    return entry.digester.fork();
+    return entry.hash.fork();
   }
 
-  set(id: string, offset: number, digester: ForkableDigester): void {
-    this.entries.delete(id);
-    this.entries.set(id, { offset, digester });
-    if (this.entries.size > this.capacity) {
-      const oldest = this.entries.keys().next();
-      if (!oldest.done) this.entries.delete(oldest.value);
+  set(id: string, offset: number, hash: T, now = Date.now()): void {
+    this.delete(id);
+    this.entries.set(id, { offset, hash, at: now });
+    this.sweep(now);
+  }
+
+  /** Forgets the entries beyond capacity or older than the age limit. */
+  sweep(now = Date.now()): void {
+    // Insertion order is age order: drop from the front while too many or too old.
+    for (const [key, entry] of this.entries) {
+      if (this.entries.size <= this.capacity && now - entry.at <= this.maxAgeMs) break;
+      this.delete(key);
     }
   }
 
   delete(id: string): void {
+    const entry = this.entries.get(id);
+    if (!entry) return;
     this.entries.delete(id);
+    entry.hash.drop();
+  }
+
+  clear(): void {
+    for (const id of [...this.entries.keys()]) this.delete(id);
   }
 
   get size(): number {

@@ -1,2 +1,2 @@
 export * from './hashers';
-export * from './worker-sha256';
+export * from './hash-worker';

@@ -5,11 +5,12 @@ import { sql } from 'kysely';
 import type { Db, PreparedStatements, Tx, UploadRow } from '@strata/db';
 import {
   type Digester,
+  HashWorker,
   NativeHashCache,
   nativeDigester,
   ResumableSha256,
-  tap,
-  WorkerSha256Pool,
+  tapAsync,
+  type WorkerDigester,
 } from '@strata/digest';
 import { EventStore, type RequestMeta, type StatementEvent } from '@strata/events';
 import { type ParsedDigest, parseDigest, RegistryError } from '@strata/oci';
@@ -100,9 +101,9 @@ async function readHead(
 export class UploadService {
   private readonly events = new EventStore();
   private readonly advancing = new Map<string, Promise<void>>();
-  private readonly hashPool = new WorkerSha256Pool();
+  private readonly hashes = new HashWorker();
   private readonly advanceAgain = new Set<string>();
-  private readonly nativeHashes = new NativeHashCache();
+  private readonly nativeHashes = new NativeHashCache<WorkerDigester>();
   private readonly idleTimers = new Map<string, NodeJS.Timeout>();
 
   constructor(
@@ -119,7 +120,8 @@ export class UploadService {
     for (const timer of this.idleTimers.values()) clearTimeout(timer);
     this.idleTimers.clear();
     await Promise.all(this.advancing.values());
-    await this.hashPool.close();
+    this.nativeHashes.clear();
+    await this.hashes.close();
   }
 
   async start(repository: string, meta: RequestMeta): Promise<UploadStatus> {
@@ -197,60 +199,71 @@ export class UploadService {
     // offset 0, or from where the last chunk it appended ended. The row then holds the digest of everything so
     // far. A chunk that arrives at a replica without that hash is only stored, and the saved resumable state
     // catches up off the request path (advanceHash).
-    const native = offset === 0 ? nativeDigester('sha256') : this.nativeHashes.forkAt(row.id, offset);
-    const key = chunkKey(row.id, offset);
-    const written = await this.storage.write(key, native ? tap(body, native) : body);
-    if (written === 0) {
-      await this.storage.delete(key);
-      if (range && range.end >= range.start)
-        throw new RegistryError('RANGE_INVALID', { expected: range, received: 0 });
-      return offset;
+    // The hash runs on the hash worker, beside the event loop that receives the bytes.
+    const native = offset === 0 ? this.hashes.native('sha256') : this.nativeHashes.forkAt(row.id, offset);
+    let kept = false;
+    try {
+      const key = chunkKey(row.id, offset);
+      const written = await this.storage.write(key, native ? tapAsync(body, native) : body);
+      if (written === 0) {
+        await this.storage.delete(key);
+        if (range && range.end >= range.start)
+          throw new RegistryError('RANGE_INVALID', { expected: range, received: 0 });
+        return offset;
+      }
+      if (range && range.end - range.start + 1 !== written) {
+        await this.storage.delete(key);
+        throw new RegistryError('RANGE_INVALID', {
+          expected: range.end - range.start + 1,
+          received: written,
+        });
+      }
+      const size = offset + written;
+      const prefix = native ? await native.digest() : null;
+      const rows = await this.prepared.run(
+        'upload_chunk',
+        sql<{ accepted: boolean }>`WITH upload AS (
+          UPDATE uploads SET size = ${size}::bigint, updated_at = now(), prefix_digest = ${prefix}::text
+          WHERE id = ${row.id}::uuid AND size = ${offset}::bigint
+          RETURNING id
+        ), chunk AS (
+          INSERT INTO upload_chunks (upload_id, "offset", size, storage_key)
+          SELECT id, ${offset}::bigint, ${written}::bigint, ${key}::text FROM upload
+        ), event AS (
+          ${this.events.insertion([
+            {
+              type: 'upload.chunk',
+              repository,
+              subject: row.id,
+              payload: { upload_id: row.id, offset, size: written },
+              meta,
+              onlyIf: 'upload',
+            },
+          ])}
+        )
+        SELECT EXISTS (SELECT 1 FROM upload) AS accepted`.compile(this.db),
+      );
+      const accepted = rows[0]?.accepted === true;
+      if (!accepted) {
+        await this.storage.delete(key);
+        const current = await this.db
+          .selectFrom('uploads')
+          .select('size')
+          .where('id', '=', row.id)
+          .executeTakeFirst();
+        if (!current) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: row.id });
+        throw this.rangeError(repository, row.id, current.size);
+      }
+      if (native) {
+        this.nativeHashes.set(row.id, size, native);
+        kept = true;
+        // A single chunk from offset 0 (docker's one PATCH per layer) needs no state: its digest is in the row.
+        if (offset > 0) this.advanceWhenIdle(row.id);
+      } else this.scheduleAdvance(row.id);
+      return size;
+    } finally {
+      if (native && !kept) native.drop();
     }
-    if (range && range.end - range.start + 1 !== written) {
-      await this.storage.delete(key);
-      throw new RegistryError('RANGE_INVALID', { expected: range.end - range.start + 1, received: written });
-    }
-    const size = offset + written;
-    const rows = await this.prepared.run(
-      'upload_chunk',
-      sql<{ accepted: boolean }>`WITH upload AS (
-        UPDATE uploads SET size = ${size}::bigint, updated_at = now(), prefix_digest = ${native ? native.fork().hex() : null}::text
-        WHERE id = ${row.id}::uuid AND size = ${offset}::bigint
-        RETURNING id
-      ), chunk AS (
-        INSERT INTO upload_chunks (upload_id, "offset", size, storage_key)
-        SELECT id, ${offset}::bigint, ${written}::bigint, ${key}::text FROM upload
-      ), event AS (
-        ${this.events.insertion([
-          {
-            type: 'upload.chunk',
-            repository,
-            subject: row.id,
-            payload: { upload_id: row.id, offset, size: written },
-            meta,
-            onlyIf: 'upload',
-          },
-        ])}
-      )
-      SELECT EXISTS (SELECT 1 FROM upload) AS accepted`.compile(this.db),
-    );
-    const accepted = rows[0]?.accepted === true;
-    if (!accepted) {
-      await this.storage.delete(key);
-      const current = await this.db
-        .selectFrom('uploads')
-        .select('size')
-        .where('id', '=', row.id)
-        .executeTakeFirst();
-      if (!current) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: row.id });
-      throw this.rangeError(repository, row.id, current.size);
-    }
-    if (native) {
-      this.nativeHashes.set(row.id, size, native);
-      // A single chunk from offset 0 (docker's one PATCH per layer) needs no state: its digest is in the row.
-      if (offset > 0) this.advanceWhenIdle(row.id);
-    } else this.scheduleAdvance(row.id);
-    return size;
   }
 
   /**
@@ -304,7 +317,7 @@ export class UploadService {
   async advanceHash(uploadId: string): Promise<void> {
     const row = await this.db.selectFrom('uploads').selectAll().where('id', '=', uploadId).executeTakeFirst();
     if (!row || row.hash_offset >= row.size) return;
-    const state = await this.hashPool.continueOver(
+    const state = await this.hashes.continueOver(
       row.hash_state,
       this.storedBytes(uploadId, row.hash_offset, row.size),
     );
@@ -513,6 +526,7 @@ export class UploadService {
    * using them are skipped. Returns how many were removed.
    */
   async expireIdle(ttlSeconds: number, meta: RequestMeta, limit = 500): Promise<number> {
+    this.nativeHashes.sweep();
     const expired = await this.db.transaction().execute(async (tx) => {
       const rows = await tx
         .selectFrom('uploads as u')
@@ -591,20 +605,31 @@ export class UploadService {
     meta: RequestMeta,
     optimistic = false,
   ): Promise<CommittedBlob | null> {
-    const digester = nativeDigester(algorithm);
     const { head, rest } = await readHead(body, this.options.inlineMax);
     let key: string | null = null;
     let content: Buffer | null = null;
     let size: number;
+    let actual: string;
     if (rest === null) {
+      // Small enough to hash here at once; a message to the hash worker would cost more.
       content = head;
       size = head.length;
+      const digester = nativeDigester(algorithm);
       digester.update(head);
+      actual = digester.hex();
     } else {
       key = blobKey(hex);
-      size = await this.storage.write(key, tap(rest, digester));
+      const digester = this.hashes.native(algorithm);
+      try {
+        size = await this.storage.write(key, tapAsync(rest, digester));
+        actual = await digester.digest();
+      } catch (e) {
+        await this.storage.delete(key).catch(() => undefined);
+        throw e;
+      } finally {
+        digester.drop();
+      }
     }
-    const actual = digester.hex();
     if (actual !== hex) {
       if (key !== null) await this.storage.delete(key);
       if (optimistic) return null;

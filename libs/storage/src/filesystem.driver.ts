@@ -16,9 +16,10 @@ import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { assertKey, type BlobStorage, type ByteRange, type ObjectReader } from './blob-storage';
 import { nonce } from './paths';
+import { streamed } from './reclaim';
 
 /** Flush written data every this many bytes while a write goes on, so the final fsync has little left to do. */
-const SYNC_EVERY = 4 * 1024 * 1024;
+const SYNC_EVERY = 1 * 1024 * 1024;
 const WRITE_BATCH = 1024 * 1024;
 const READ_CHUNK = 1024 * 1024;
 const STALE_TEMP_MS = 24 * 3600 * 1000;
@@ -108,6 +109,7 @@ export class FilesystemDriver implements BlobStorage {
         batch.push(chunk);
         batchBytes += chunk.length;
         size += chunk.length;
+        streamed(chunk.length);
         unsynced += chunk.length;
         if (batchBytes >= WRITE_BATCH) await flush();
         if (unsynced >= SYNC_EVERY) {

@@ -2,6 +2,7 @@ import { Readable } from 'node:stream';
 import { sql } from 'kysely';
 import type { Db, Tx } from '@strata/db';
 import { assertKey, type BlobStorage, type ByteRange } from './blob-storage';
+import { streamed } from './reclaim';
 
 /** Bytes read per statement while streaming. */
 const SLICE = 4 * 1024 * 1024;
@@ -53,6 +54,7 @@ export class LargeObjectDriver implements BlobStorage {
       for await (const chunk of source) {
         pending.push(chunk);
         pendingBytes += chunk.length;
+        streamed(chunk.length);
         if (pendingBytes >= WRITE_SLICE) await flush();
       }
       await flush();
