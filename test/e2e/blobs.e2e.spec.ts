@@ -356,6 +356,27 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
       expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(digest);
     });
 
+    it("never completes another repository's upload, whatever the path says", async () => {
+      await pushBlob(t.url, 'inline/theirs', randomBlob(10).data);
+      const location = await startUpload('inline/mine');
+      const id = location.split('/').pop()!;
+      const { data, digest } = randomBlob(1000);
+      const res = await fetch(url(`/v2/inline/theirs/blobs/uploads/${id}?digest=${digest}`), {
+        method: 'PUT',
+        body: data,
+        headers: { 'content-type': 'application/octet-stream' },
+      });
+      expect(res.status).toBe(404);
+      expect(await errorCodes(res)).toEqual(['BLOB_UPLOAD_UNKNOWN']);
+      expect((await fetch(url(`/v2/inline/theirs/blobs/${digest}`), { method: 'HEAD' })).status).toBe(404);
+      const mine = await fetch(url(`${location}?digest=${digest}`), {
+        method: 'PUT',
+        body: data,
+        headers: { 'content-type': 'application/octet-stream' },
+      });
+      expect(mine.status).toBe(201);
+    });
+
     it('refuses a small blob whose digest does not match, storing nothing', async () => {
       const { data } = randomBlob(100);
       const wrong = randomBlob(100).digest;

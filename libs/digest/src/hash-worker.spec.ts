@@ -72,10 +72,11 @@ describe('HashWorker', () => {
     for (const d of [a, loser, winner]) d.drop();
   });
 
-  it('rejects the digest of a fork whose source was dropped', async () => {
+  it('refuses to fork a dropped hash', () => {
     const a = worker.native('sha256');
     a.drop();
-    await expect(a.fork().digest()).rejects.toThrow(/failed to hash in worker/);
+    expect(a.alive).toBe(false);
+    expect(() => a.fork()).toThrow(/no longer alive/);
   });
 });
 
@@ -97,6 +98,24 @@ describe('HashWorker when idle', () => {
     } finally {
       await worker.close();
     }
+  });
+});
+
+describe('HashWorker when its thread is gone', () => {
+  it('lets a digester being fed go on without waiting, refuses its digest, and has the cache forget it', async () => {
+    const worker = new HashWorker();
+    const cache = new NativeHashCache<WorkerDigester>();
+    const d = worker.native('sha256');
+    cache.set('u', 0, d);
+    const fed = worker.native('sha256');
+    await feed(fed, randomBytes(2 << 20), 65536);
+    await worker.close();
+    // 32 MiB more than may ever be in flight: a digester that still counted on acks would wait forever here.
+    await feed(fed, randomBytes(32 << 20), 1 << 20);
+    await expect(fed.digest()).rejects.toThrow(/hash worker stopped/);
+    expect(d.alive).toBe(false);
+    expect(cache.forkAt('u', 0)).toBeNull();
+    expect(cache.size).toBe(0);
   });
 });
 

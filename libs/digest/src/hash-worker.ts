@@ -106,13 +106,20 @@ export class WorkerDigester implements AsyncDigester {
   private inFlight = 0;
   private waiter: (() => void) | null = null;
   private dropped = false;
+  private released = false;
 
   constructor(
     private readonly worker: HashWorker,
     readonly id: number,
   ) {}
 
+  /** False once dropped, or once its worker is gone: then it takes bytes without hashing them. */
+  get alive(): boolean {
+    return !this.dropped && !this.released;
+  }
+
   update(chunk: Uint8Array): Promise<void> | undefined {
+    if (!this.alive) return undefined;
     let at = 0;
     while (at < chunk.length) {
       const staged = (this.staged ??= this.worker.stage());
@@ -145,19 +152,24 @@ export class WorkerDigester implements AsyncDigester {
     }
   }
 
-  /** @internal the worker is gone: nobody may wait on it. */
-  released(): void {
+  /** @internal the worker is gone: nobody may wait on it, and nothing more goes to its successor. */
+  release(): void {
+    this.released = true;
+    this.staged = null;
+    this.stagedBytes = 0;
     this.inFlight = 0;
     this.acked(0);
   }
 
   async digest(): Promise<string> {
+    if (this.released) throw new Error('failed to hash: the hash worker stopped');
     this.flush();
     return (await this.worker.request(this.id, { op: 'ndigest', id: this.id })) as string;
   }
 
   /** An independent digester in the same state. */
   fork(): WorkerDigester {
+    if (!this.alive) throw new Error('failed to fork a hash that is no longer alive');
     this.flush();
     return this.worker.native(null, this.id);
   }
@@ -226,7 +238,7 @@ export class HashWorker {
   private fail(e: Error): void {
     for (const p of this.pending.values()) p.reject(e);
     this.pending.clear();
-    for (const ref of this.digesters.values()) ref.deref()?.released();
+    for (const ref of this.digesters.values()) ref.deref()?.release();
     this.digesters.clear();
   }
 

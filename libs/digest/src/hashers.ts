@@ -23,6 +23,8 @@ export function nativeDigester(algorithm: Algorithm = 'sha256'): Digester {
 
 /** What `NativeHashCache` keeps: a hash that can be forked, and must be dropped when forgotten. */
 export interface Forkable<T> {
+  /** False once it can no longer be forked (its worker is gone). */
+  readonly alive: boolean;
   fork(): T;
   drop(): void;
 }
@@ -45,7 +47,7 @@ export class NativeHashCache<T extends Forkable<T>> {
   forkAt(id: string, offset: number): T | null {
     const entry = this.entries.get(id);
     if (!entry) return null;
-    if (entry.offset !== offset) {
+    if (entry.offset !== offset || !entry.hash.alive) {
       this.delete(id);
       return null;
     }

@@ -70,6 +70,7 @@ interface ManifestRowRead {
 
 const UNIQUE_RETRIES = 5;
 const FOREIGN_KEY_VIOLATION = '23503';
+const AT_ONCE_MAX_REFERENCES = 256;
 const UNIQUE_VIOLATION = '23505';
 const INSERT_BATCH = 1000;
 
@@ -167,6 +168,9 @@ export class ManifestService {
     meta: RequestMeta,
   ): Promise<boolean> {
     const refs = manifest.references;
+    // The reference check here compares every descriptor with every row found; past a few hundred descriptors
+    // the general path's keyed lookups are cheaper.
+    if (refs.length > AT_ONCE_MAX_REFERENCES) return false;
     const kinds = refs.map((r) => r.kind);
     const digests = refs.map((r) => r.digest);
     const sizes = refs.map((r) => r.size);

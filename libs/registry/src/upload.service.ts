@@ -219,30 +219,20 @@ export class UploadService {
         });
       }
       const size = offset + written;
-      const prefix = native ? await native.digest() : null;
-      const rows = await this.prepared.run(
-        'upload_chunk',
-        sql<{ accepted: boolean }>`WITH upload AS (
-          UPDATE uploads SET size = ${size}::bigint, updated_at = now(), prefix_digest = ${prefix}::text
-          WHERE id = ${row.id}::uuid AND size = ${offset}::bigint
-          RETURNING id
-        ), chunk AS (
-          INSERT INTO upload_chunks (upload_id, "offset", size, storage_key)
-          SELECT id, ${offset}::bigint, ${written}::bigint, ${key}::text FROM upload
-        ), event AS (
-          ${this.events.insertion([
-            {
-              type: 'upload.chunk',
-              repository,
-              subject: row.id,
-              payload: { upload_id: row.id, offset, size: written },
-              meta,
-              onlyIf: 'upload',
-            },
-          ])}
-        )
-        SELECT EXISTS (SELECT 1 FROM upload) AS accepted`.compile(this.db),
-      );
+      // Should the hash worker have stopped meanwhile, the chunk is kept unhashed and caught up from storage.
+      const prefix = native
+        ? await native.digest().catch((err: unknown) => {
+            this.logger.warn({ err, upload: row.id }, 'failed to hash chunk as it arrived');
+            return null;
+          })
+        : null;
+      let rows: { accepted: boolean }[];
+      try {
+        rows = await this.recordChunk(repository, row.id, offset, written, key, prefix, meta);
+      } catch (e) {
+        await this.removeUnrecorded(row.id, key);
+        throw e;
+      }
       const accepted = rows[0]?.accepted === true;
       if (!accepted) {
         await this.storage.delete(key);
@@ -254,7 +244,7 @@ export class UploadService {
         if (!current) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: row.id });
         throw this.rangeError(repository, row.id, current.size);
       }
-      if (native) {
+      if (native && prefix !== null) {
         this.nativeHashes.set(row.id, size, native);
         kept = true;
         // A single chunk from offset 0 (docker's one PATCH per layer) needs no state: its digest is in the row.
@@ -263,6 +253,81 @@ export class UploadService {
       return size;
     } finally {
       if (native && !kept) native.drop();
+    }
+  }
+
+  /** Accepts a stored chunk if the upload is still at `offset`: one statement, with its event. */
+  private async recordChunk(
+    repository: string,
+    id: string,
+    offset: number,
+    written: number,
+    key: string,
+    prefix: string | null,
+    meta: RequestMeta,
+  ): Promise<{ accepted: boolean }[]> {
+    const size = offset + written;
+    return this.prepared.run(
+      'upload_chunk',
+      sql<{ accepted: boolean }>`WITH upload AS (
+          UPDATE uploads SET size = ${size}::bigint, updated_at = now(), prefix_digest = ${prefix}::text
+          WHERE id = ${id}::uuid AND size = ${offset}::bigint
+          RETURNING id
+        ), chunk AS (
+          INSERT INTO upload_chunks (upload_id, "offset", size, storage_key)
+          SELECT id, ${offset}::bigint, ${written}::bigint, ${key}::text FROM upload
+        ), event AS (
+          ${this.events.insertion([
+            {
+              type: 'upload.chunk',
+              repository,
+              subject: id,
+              payload: { upload_id: id, offset, size: written },
+              meta,
+              onlyIf: 'upload',
+            },
+          ])}
+        )
+        SELECT EXISTS (SELECT 1 FROM upload) AS accepted`.compile(this.db),
+    );
+  }
+
+  /** The digest of a stored object, hashed here. */
+  private async hashObject(key: string, algorithm: 'sha256' | 'sha512'): Promise<string> {
+    const digester = nativeDigester(algorithm);
+    for await (const b of await this.storage.read(key)) digester.update(b as Buffer);
+    return digester.hex();
+  }
+
+  /** Removes a blob's bytes after its commit failed, unless the failure hid a commit that names them. */
+  private async removeUnpublished(key: string): Promise<void> {
+    try {
+      const published = await this.db
+        .selectFrom('blobs')
+        .select('digest')
+        .where('storage_key', '=', key)
+        .executeTakeFirst();
+      if (!published) await this.storage.delete(key);
+    } catch (err) {
+      this.logger.warn({ err, key }, 'failed to remove unpublished blob');
+    }
+  }
+
+  /**
+   * Removes a chunk's bytes after recording it failed, unless the failure hid a commit (a connection lost while
+   * committing): the row then holds the key, and the bytes must stay.
+   */
+  private async removeUnrecorded(uploadId: string, key: string): Promise<void> {
+    try {
+      const recorded = await this.db
+        .selectFrom('upload_chunks')
+        .select('storage_key')
+        .where('upload_id', '=', uploadId)
+        .where('storage_key', '=', key)
+        .executeTakeFirst();
+      if (!recorded) await this.storage.delete(key);
+    } catch (err) {
+      this.logger.warn({ err, key }, 'failed to remove unrecorded chunk');
     }
   }
 
@@ -622,7 +687,14 @@ export class UploadService {
       const digester = this.hashes.native(algorithm);
       try {
         size = await this.storage.write(key, tapAsync(rest, digester));
-        actual = await digester.digest();
+        const stored = key;
+        actual = await digester.digest().catch((err: unknown) => {
+          this.logger.warn(
+            { err, key: stored },
+            'failed to hash blob as it arrived, hashing it from storage',
+          );
+          return this.hashObject(stored, algorithm);
+        });
       } catch (e) {
         await this.storage.delete(key).catch(() => undefined);
         throw e;
@@ -659,7 +731,7 @@ export class UploadService {
     // One statement, so one round trip and one commit: the session's row goes (or, for a POST carrying the blob,
     // a constant row stands in for it), and only if it did do the blob, its link and the events appear.
     const session = uploadId
-      ? sql`DELETE FROM uploads WHERE id = ${uploadId}::uuid AND size = 0 RETURNING id`
+      ? sql`DELETE FROM uploads WHERE id = ${uploadId}::uuid AND repository_id = ${repositoryId}::bigint AND size = 0 RETURNING id`
       : sql`SELECT 1 AS id`;
     let outcome: { accepted: boolean; created: boolean } | undefined;
     try {
@@ -678,7 +750,7 @@ export class UploadService {
       const shape = `commit_whole_${events.map((e) => e.type.split('.')[1]).join('_')}`;
       outcome = (await this.prepared.run(shape, statement.compile(this.db)))[0];
     } catch (e) {
-      if (key !== null) await this.storage.delete(key).catch(() => undefined);
+      if (key !== null) await this.removeUnpublished(key);
       throw e;
     }
     const copies = key === null ? [] : [key];
@@ -686,7 +758,12 @@ export class UploadService {
       await this.removeObjects(copies);
       if (optimistic) return null;
       const still = uploadId
-        ? await this.db.selectFrom('uploads').select('size').where('id', '=', uploadId).executeTakeFirst()
+        ? await this.db
+            .selectFrom('uploads')
+            .select('size')
+            .where('id', '=', uploadId)
+            .where('repository_id', '=', repositoryId)
+            .executeTakeFirst()
         : undefined;
       if (uploadId && still) throw this.rangeError(repository, uploadId, still.size);
       throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });

@@ -19,7 +19,7 @@ import { nonce } from './paths';
 import { streamed } from './reclaim';
 
 /** Flush written data every this many bytes while a write goes on, so the final fsync has little left to do. */
-const SYNC_EVERY = 1 * 1024 * 1024;
+const SYNC_EVERY = 1024 * 1024;
 const WRITE_BATCH = 1024 * 1024;
 const READ_CHUNK = 1024 * 1024;
 const STALE_TEMP_MS = 24 * 3600 * 1000;
@@ -90,6 +90,7 @@ export class FilesystemDriver implements BlobStorage {
     let size = 0;
     let unsynced = 0;
     let syncing: Promise<void> | undefined;
+    let syncFailure: Error | undefined;
     // Socket reads arrive in 16-64 KiB pieces; gathering them into one writev per MiB saves a thread-pool round
     // trip per piece.
     let batch: Buffer[] = [];
@@ -112,20 +113,27 @@ export class FilesystemDriver implements BlobStorage {
         streamed(chunk.length);
         unsynced += chunk.length;
         if (batchBytes >= WRITE_BATCH) await flush();
-        if (unsynced >= SYNC_EVERY) {
-          // One flush at a time, overlapped with receiving the next bytes.
-          await syncing;
-          syncing = fh.datasync();
+        if (unsynced >= SYNC_EVERY && syncing === undefined) {
+          // One flush at a time, overlapped with receiving the next bytes, and never waited for here: on a slow
+          // disk the flushes just cover more bytes each.
           unsynced = 0;
+          syncing = fh.datasync().then(
+            () => void (syncing = undefined),
+            (e: unknown) => {
+              syncFailure ??= e instanceof Error ? e : new Error(String(e));
+              syncing = undefined;
+            },
+          );
         }
       }
       await flush();
       await syncing;
+      if (syncFailure !== undefined) throw syncFailure;
       // Data and the size needed to read it back; timestamps need not reach the disk first.
       await fh.datasync();
       await fh.close();
     } catch (e) {
-      await syncing?.catch(() => undefined);
+      await syncing;
       await fh.close().catch(() => undefined);
       await rm(tmp, { force: true });
       throw e;
@@ -214,15 +222,22 @@ export class FilesystemDriver implements BlobStorage {
 
   async openReader(key: string): Promise<ObjectReader> {
     const parts = await this.parts(key);
-    const handles: FileHandle[] = [];
-    try {
-      for (const p of parts) handles.push(await open(p.path, 'r'));
-    } catch (e) {
-      await Promise.all(handles.map((h) => h.close()));
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw enoent(key);
-      throw e;
-    }
     const size = parts.reduce((n, p) => n + p.size, 0);
+    // One part open at a time: a blob assembled from thousands of chunks must not hold thousands of descriptors.
+    let current: { index: number; handle: FileHandle } | null = null;
+    const handleFor = async (index: number): Promise<FileHandle> => {
+      if (current?.index === index) return current.handle;
+      const previous = current;
+      current = null;
+      await previous?.handle.close();
+      try {
+        current = { index, handle: await open(parts[index]!.path, 'r') };
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw enoent(key);
+        throw e;
+      }
+      return current.handle;
+    };
     return {
       size,
       async read(buffer: Buffer, length: number, position: number): Promise<number> {
@@ -231,14 +246,16 @@ export class FilesystemDriver implements BlobStorage {
           const part = parts[i]!;
           if (position >= part.start + part.size) continue;
           const within = position - part.start;
-          const n = Math.min(length, part.size - within);
-          const { bytesRead } = await handles[i]!.read(buffer, 0, n, within);
+          const handle = await handleFor(i);
+          const { bytesRead } = await handle.read(buffer, 0, Math.min(length, part.size - within), within);
           return bytesRead;
         }
         return 0;
       },
       async close(): Promise<void> {
-        await Promise.all(handles.map((h) => h.close()));
+        const last = current;
+        current = null;
+        await last?.handle.close();
       },
     };
   }

@@ -53,12 +53,14 @@ export async function sendObject(
   const res = reply.raw;
   const outgoing: Record<string, string> = {};
   for (const [k, v] of Object.entries(reply.getHeaders())) if (v !== undefined) outgoing[k] = String(v);
-  reply.hijack();
-  res.writeHead(response.status, { ...outgoing, ...response.headers });
   const buffers: Buffer[] = [];
   const inFlight: Promise<void>[] = Array.from({ length: RING }, () => Promise.resolve());
+  // A write queued on a socket that is already gone may never call back; its closing ends every wait.
+  const closed = new Promise<void>((resolve) => res.once('close', resolve));
   let pos = response.start;
   try {
+    reply.hijack();
+    res.writeHead(response.status, { ...outgoing, ...response.headers });
     for (let i = 0; pos <= response.end; i = (i + 1) % RING) {
       await inFlight[i];
       if (res.destroyed) return;
@@ -67,9 +69,12 @@ export async function sendObject(
       if (n === 0) throw new Error(`object ends at ${pos}, before byte ${response.end}`);
       pos += n;
       // The callback also runs, with an error, when the response is destroyed: so this never waits forever.
-      inFlight[i] = new Promise<void>((resolve) => {
-        res.write(n === PIECE ? buffer : buffer.subarray(0, n), () => resolve());
-      });
+      inFlight[i] = Promise.race([
+        new Promise<void>((resolve) => {
+          res.write(n === PIECE ? buffer : buffer.subarray(0, n), () => resolve());
+        }),
+        closed,
+      ]);
       if (res.writableNeedDrain) await drainedOrClosed(res);
     }
     await Promise.all(inFlight);
@@ -80,6 +85,7 @@ export async function sendObject(
   } finally {
     await reader.close().catch(() => undefined);
     await Promise.all(inFlight);
-    for (const b of buffers) if (spare.length < SPARE_MAX) spare.push(b);
+    // A response cut short may have left writes that never called back: its buffers are left to the collector.
+    if (res.writableFinished) for (const b of buffers) if (spare.length < SPARE_MAX) spare.push(b);
   }
 }
