@@ -138,8 +138,10 @@ export async function startStrata({ root, dir, db, log }) {
     STRATA_JOBS: 'false',
   };
   const main = join(root, 'dist/apps/registry/src/main.js');
+  // Started as users start it: the launcher, with the V8 settings it carries (bin/strata).
+  const launcher = join(root, 'bin/strata');
   if (!existsSync(main)) throw new Error(`${main} is missing: run npm run build first (npm run bench does)`);
-  const child = spawnLogged(process.execPath, [main, 'serve'], { env, cwd: root, logFile });
+  const child = spawnLogged(launcher, ['serve'], { env, cwd: root, logFile });
   const base = `http://127.0.0.1:${port}`;
   log(`strata pid ${child.pid} on ${base}`);
   await waitReady(base, child, 'strata', logFile);

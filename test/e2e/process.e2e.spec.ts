@@ -51,19 +51,19 @@ describe('the strata process', () => {
   });
 
   it('exits non-zero with one line naming the key of a bad config value', () => {
-    const r = spawnSync(process.execPath, [MAIN, 'verify-config'], {
+    const r = spawnSync(MAIN, ['verify-config'], {
       env: { PATH: process.env.PATH, PORT: 'eighty' },
       encoding: 'utf8',
     });
     expect(r.status).toBe(2);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toContain('PORT');
-    const ok = spawnSync(process.execPath, [MAIN, 'verify-config'], {
+    const ok = spawnSync(MAIN, ['verify-config'], {
       env: { PATH: process.env.PATH, PORT: '5000' },
       encoding: 'utf8',
     });
     expect(ok.status).toBe(0);
-    const serve = spawnSync(process.execPath, [MAIN, 'serve'], {
+    const serve = spawnSync(MAIN, ['serve'], {
       env: { PATH: process.env.PATH, STRATA_STORAGE: 'tape' },
       encoding: 'utf8',
     });

@@ -2,7 +2,8 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { freePort } from '../../libs/db/src/embedded-postgres';
 
-export const MAIN = join(__dirname, '../../dist/apps/registry/src/main.js');
+/** The launcher users run, so its V8 settings are what the process tests measure. */
+export const MAIN = join(__dirname, '../../bin/strata');
 
 export interface ServerProcess {
   readonly url: string;
@@ -18,7 +19,7 @@ export interface ServerProcess {
 /** Runs the built registry (`npm run build` first) as its own process, as an operator would. */
 export async function startServer(env: Record<string, string>, port?: number): Promise<ServerProcess> {
   const p = port ?? (await freePort());
-  const child = spawn(process.execPath, [MAIN, 'serve'], {
+  const child = spawn(MAIN, ['serve'], {
     env: { PATH: process.env.PATH ?? '', HOST: '127.0.0.1', PORT: String(p), STRATA_JOBS: 'false', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
