@@ -47,6 +47,7 @@ const SIZES = QUICK
       durationMs: 3000,
       warmMs: 500,
       manifests: 50,
+      manifestWarm: 10,
       layers: 4,
       layerSize: 8 * MiB,
     }
@@ -59,6 +60,7 @@ const SIZES = QUICK
       durationMs: 10_000,
       warmMs: 1000,
       manifests: 200,
+      manifestWarm: 100,
       layers: 4,
       layerSize: 50 * 1000 * 1000,
     };
