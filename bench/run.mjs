@@ -118,7 +118,7 @@ const METRICS = [
   { key: 'headP99', label: 'HEAD blob: p99 latency (ms)', higher: false, target: null, fmt: 2 },
   {
     key: 'manifestPutPerSec',
-    label: `PUT ${SIZES.manifests} tagged manifests, 8 workers (PUT/s)`,
+    label: `PUT ${SIZES.manifests} tagged manifests, 8 workers${med} (PUT/s)`,
     higher: true,
     target: 2,
     fmt: 0,

@@ -281,15 +281,25 @@ export async function manifests(server, ctx) {
     // JIT compiles the push path (and every pooled connection prepares its statements): both servers get the
     // same untimed pushes first, to tags of their own.
     const warm = makeManifests(config, layer, 'warm', ctx.sizes.manifestWarm);
-    const timed = makeManifests(config, layer, 'tag', ctx.sizes.manifests);
     loopError(
       'manifest PUT warm-up',
       await runClosedLoop({ concurrency: 8, items: warm, op: (m) => putManifest(server, m, agent) }),
     );
-    const { value: put, profile: putProfile } = await profiled(server, () =>
-      runClosedLoop({ concurrency: 8, items: timed, op: (m) => putManifest(server, m, agent) }),
-    );
-    loopError('manifest PUT', put);
+    // 200 pushes take a fifth of a second, so one pause (a collection, the scheduler) moves the result by a
+    // third: the push is timed `reps` times, each to new tags, and the median taken.
+    const rounds = [];
+    for (let rep = 0; rep < ctx.sizes.reps; rep++) {
+      const items = makeManifests(config, layer, `tag${rep}`, ctx.sizes.manifests);
+      const { value: put, profile } = await profiled(server, () =>
+        runClosedLoop({ concurrency: 8, items, op: (m) => putManifest(server, m, agent) }),
+      );
+      loopError('manifest PUT', put);
+      rounds.push({ perSec: put.count / (put.elapsedMs / 1000), profile, items });
+    }
+    const byRate = [...rounds].sort((a, b) => a.perSec - b.perSec);
+    const median = byRate[Math.floor(byRate.length / 2)];
+    const timed = rounds[0].items;
+    const putProfile = median.profile;
 
     let i = 0;
     const get = async () => {
@@ -315,7 +325,7 @@ export async function manifests(server, ctx) {
     return {
       parts: {
         manifestPut: {
-          metrics: { manifestPutPerSec: put.count / (put.elapsedMs / 1000) },
+          metrics: { manifestPutPerSec: median.perSec },
           profile: putProfile,
         },
         manifestGet: {
