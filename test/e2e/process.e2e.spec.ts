@@ -149,7 +149,8 @@ describe('the strata process', () => {
       const server = await startServer({ DATABASE_URL: db.url, STRATA_DATA_DIR: crashDir });
       const committed: { repo: string; digest: string }[] = [];
       const blobs = Array.from({ length: 40 }, (_, i) => {
-        const data = randomBytes((1 + (i % 4)) << 20);
+        // Every fifth is small enough to be kept in its row; the rest are files.
+        const data = randomBytes(i % 5 === 0 ? 3000 : (1 + (i % 4)) << 20);
         return { repo: `crash/r${i % 5}`, data, digest: sha256(data) };
       });
       const pushes = blobs.map(async (b, i) => {

@@ -137,5 +137,39 @@ describe.each(['filesystem', 'postgres'] as const)(
         expect(Buffer.from(await get.arrayBuffer()).equals(winner)).toBe(true);
       }
     });
+
+    it(`gives ${CLIENTS} clients pushing the same small blob (kept in its row) a 201 and a true HEAD each`, async () => {
+      const data = randomBytes(4096);
+      const digest = sha256(data);
+      const results = await Promise.all(
+        Array.from({ length: CLIENTS }, async (_, i) => {
+          const base = [a.url, b.url][i % 2]!;
+          const post = await fetch(`${base}/v2/race/small/blobs/uploads/`, { method: 'POST' });
+          const put = await fetch(`${base}${post.headers.get('location')!}?digest=${digest}`, {
+            method: 'PUT',
+            body: data,
+            headers: { 'content-type': 'application/octet-stream' },
+          });
+          const head = await fetch(`${[b.url, a.url][i % 2]!}/v2/race/small/blobs/${digest}`, {
+            method: 'HEAD',
+          });
+          return { put: put.status, head: head.status, length: head.headers.get('content-length') };
+        }),
+      );
+      for (const r of results) expect(r).toEqual({ put: 201, head: 200, length: '4096' });
+      const rows = await database.db
+        .selectFrom('blobs')
+        .select(['size', 'storage_key'])
+        .where('digest', '=', digest)
+        .execute();
+      expect(rows).toEqual([{ size: 4096, storage_key: null }]);
+      const committed = await database.db
+        .selectFrom('events')
+        .select((eb) => eb.fn.countAll<string>().as('n'))
+        .where('type', '=', 'upload.committed')
+        .where('subject', '=', digest)
+        .executeTakeFirstOrThrow();
+      expect(Number(committed.n)).toBe(CLIENTS);
+    });
   },
 );
