@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { sql } from 'kysely';
 import type { Db, PreparedStatements, Tx } from '@strata/db';
-import { EventStore, type RequestMeta, type StatementEvent } from '@strata/events';
+import { EventStore, type NewEvent, type RequestMeta, type StatementEvent } from '@strata/events';
 import {
   assertName,
   isValidTag,
@@ -68,6 +68,29 @@ interface ManifestRowRead {
   content?: Buffer;
 }
 
+function pushedEvent(
+  repository: string,
+  digest: string,
+  manifest: ParsedManifest,
+  size: number,
+  meta: RequestMeta,
+): NewEvent<'manifest.pushed'> {
+  return {
+    type: 'manifest.pushed',
+    repository,
+    subject: digest,
+    payload: {
+      digest,
+      media_type: manifest.mediaType,
+      size,
+      artifact_type: manifest.artifactType,
+      subject: manifest.subject,
+      references: manifest.references.map((r) => ({ digest: r.digest, kind: r.kind, size: r.size })),
+    },
+    meta,
+  };
+}
+
 const UNIQUE_RETRIES = 5;
 const FOREIGN_KEY_VIOLATION = '23503';
 const AT_ONCE_MAX_REFERENCES = 256;
@@ -132,20 +155,7 @@ export class ManifestService {
             .values(rows.slice(i, i + INSERT_BATCH))
             .execute();
         }
-        await this.events.append(tx, {
-          type: 'manifest.pushed',
-          repository,
-          subject: digest,
-          payload: {
-            digest,
-            media_type: manifest.mediaType,
-            size: bytes.length,
-            artifact_type: manifest.artifactType,
-            subject: manifest.subject,
-            references: manifest.references.map((r) => ({ digest: r.digest, kind: r.kind, size: r.size })),
-          },
-          meta,
-        });
+        await this.events.append(tx, pushedEvent(repository, digest, manifest, bytes.length, meta));
       }
       if ('tag' in target) await this.moveTag(tx, repositoryId, repository, target.tag, digest, meta);
     });
@@ -177,21 +187,7 @@ export class ManifestService {
     const blobDigests = [...new Set(refs.filter((r) => r.kind !== 'manifest').map((r) => r.digest))];
     const childDigests = [...new Set(refs.filter((r) => r.kind === 'manifest').map((r) => r.digest))];
     const events: StatementEvent[] = [
-      {
-        type: 'manifest.pushed',
-        repository,
-        subject: digest,
-        payload: {
-          digest,
-          media_type: manifest.mediaType,
-          size: bytes.length,
-          artifact_type: manifest.artifactType,
-          subject: manifest.subject,
-          references: refs.map((r) => ({ digest: r.digest, kind: r.kind, size: r.size })),
-        },
-        meta,
-        onlyIf: 'manifest',
-      },
+      { ...pushedEvent(repository, digest, manifest, bytes.length, meta), onlyIf: 'manifest' },
     ];
     if (tag !== null) {
       events.push({
