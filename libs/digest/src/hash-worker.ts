@@ -354,14 +354,19 @@ export class HashWorker {
   }
 }
 
-/** Passes `source` through, feeding every chunk to `digester` and waiting when it asks to. */
+/**
+ * Passes `source` through, feeding every chunk to `digester` and waiting when it asks to; `ended` runs once the
+ * source is exhausted, before the consumer has done with the last chunk (to ask for the digest meanwhile).
+ */
 export async function* tapAsync(
   source: AsyncIterable<Buffer>,
   digester: AsyncDigester,
+  ended?: () => void,
 ): AsyncGenerator<Buffer> {
   for await (const chunk of source) {
     const wait = digester.update(chunk);
     if (wait) await wait;
     yield chunk;
   }
+  ended?.();
 }

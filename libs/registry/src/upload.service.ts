@@ -204,7 +204,21 @@ export class UploadService {
     let kept = false;
     try {
       const key = chunkKey(row.id, offset);
-      const written = await this.storage.write(key, native ? tapAsync(body, native) : body);
+      // The digest is asked for as soon as the body ends, so the worker finishes while the bytes are flushed.
+      let digested: Promise<string | null> | undefined;
+      const digest = (hash: WorkerDigester): Promise<string | null> =>
+        hash.digest().catch((err: unknown) => {
+          this.logger.warn({ err, upload: row.id }, 'failed to hash chunk as it arrived');
+          return null;
+        });
+      const written = await this.storage.write(
+        key,
+        native
+          ? tapAsync(body, native, () => {
+              digested = digest(native);
+            })
+          : body,
+      );
       if (written === 0) {
         await this.storage.delete(key);
         if (range && range.end >= range.start)
@@ -220,12 +234,7 @@ export class UploadService {
       }
       const size = offset + written;
       // Should the hash worker have stopped meanwhile, the chunk is kept unhashed and caught up from storage.
-      const prefix = native
-        ? await native.digest().catch((err: unknown) => {
-            this.logger.warn({ err, upload: row.id }, 'failed to hash chunk as it arrived');
-            return null;
-          })
-        : null;
+      const prefix = native ? await (digested ?? digest(native)) : null;
       let rows: { accepted: boolean }[];
       try {
         rows = await this.recordChunk(repository, row.id, offset, written, key, prefix, meta);
@@ -686,9 +695,17 @@ export class UploadService {
       key = blobKey(hex);
       const digester = this.hashes.native(algorithm);
       try {
-        size = await this.storage.write(key, tapAsync(rest, digester));
+        let digested: Promise<string> | undefined;
+        size = await this.storage.write(
+          key,
+          tapAsync(rest, digester, () => {
+            digested = digester.digest();
+            // Awaited below; should the write fail first, its failure is the one that counts.
+            digested.catch(() => undefined);
+          }),
+        );
         const stored = key;
-        actual = await digester.digest().catch((err: unknown) => {
+        actual = await (digested ?? digester.digest()).catch((err: unknown) => {
           this.logger.warn(
             { err, key: stored },
             'failed to hash blob as it arrived, hashing it from storage',
