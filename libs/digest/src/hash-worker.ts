@@ -66,11 +66,11 @@ parentPort.on('message', (m) => {
 `;
 
 /** How much may be queued to the worker before the sender waits for it to catch up. */
-const MAX_IN_FLIGHT = 8 * 1024 * 1024;
+const MAX_IN_FLIGHT = 4 * 1024 * 1024;
 /** Bytes gathered into one message to the worker. */
 const STAGE = 1024 * 1024;
 /** Buffers handed back by the worker and kept for the next messages. */
-const SPARE_MAX = 16;
+const SPARE_MAX = 8;
 /** A worker with nothing to do is stopped after this long: its isolate costs about 10 MiB, 20 with WebAssembly. */
 const IDLE_STOP_MS = 30_000;
 

@@ -8,7 +8,7 @@ const PIECE = 1024 * 1024;
 /** Pieces one response may have in flight: read-ahead while the socket drains the ones before. */
 const RING = 4;
 /** Buffers kept for the next responses, so a download does not map and fault in fresh memory for every MiB. */
-const SPARE_MAX = 16;
+const SPARE_MAX = 8;
 const spare: Buffer[] = [];
 
 function take(): Buffer {
