@@ -114,11 +114,3 @@ export class ResumableSha256 implements Digester {
     return this.hasher.digest('hex');
   }
 }
-
-/** Passes `source` through, feeding every chunk to `digester` on the way. */
-export async function* tap(source: AsyncIterable<Buffer>, digester: Digester): AsyncGenerator<Buffer> {
-  for await (const chunk of source) {
-    digester.update(chunk);
-    yield chunk;
-  }
-}
