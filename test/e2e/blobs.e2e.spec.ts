@@ -377,6 +377,66 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
       expect(mine.status).toBe(201);
     });
 
+    it('judges each of many concurrent small pushes on its own when they share statements', async () => {
+      const distinct = Array.from({ length: 24 }, () => randomBlob(4096));
+      const twin = randomBlob(2048);
+      const wrong = Array.from({ length: 4 }, () => randomBlob(100));
+      // Sessions of another repository, which a PUT under this one must never complete.
+      const foreign = await Promise.all(
+        Array.from({ length: 4 }, async () => (await startUpload('inline/batch-other')).split('/').pop()!),
+      );
+      const putForeign = async (id: string): Promise<Response> => {
+        const { data, digest } = randomBlob(300);
+        return fetch(url(`/v2/inline/batch/blobs/uploads/${id}?digest=${digest}`), {
+          method: 'PUT',
+          body: data,
+          headers: { 'content-type': 'application/octet-stream' },
+        });
+      };
+      const [pushed, twins, refused, stolen] = await Promise.all([
+        Promise.all(distinct.map((b) => pushBlob(t.url, 'inline/batch', b.data))),
+        Promise.all(Array.from({ length: 8 }, () => pushBlob(t.url, 'inline/batch-twin', twin.data))),
+        Promise.all(wrong.map((b) => pushBlob(t.url, 'inline/batch', b.data, randomBlob(100).digest))),
+        Promise.all(foreign.map(putForeign)),
+      ]);
+      expect([...pushed, ...twins].map((r) => r.status)).toEqual(Array(32).fill(201));
+      expect(refused.map((r) => r.status)).toEqual(Array(4).fill(400));
+      expect(stolen.map((r) => r.status)).toEqual(Array(4).fill(404));
+      for (const b of [...distinct, twin]) {
+        const repo = b === twin ? 'inline/batch-twin' : 'inline/batch';
+        const head = await fetch(url(`/v2/${repo}/blobs/${b.digest}`), { method: 'HEAD' });
+        expect([head.status, head.headers.get('content-length')]).toEqual([200, String(b.data.length)]);
+        expect(sha256((await row(b.digest))!.content!)).toBe(b.digest);
+      }
+      for (const b of wrong) expect(await row(b.digest)).toBeUndefined();
+      // Every push has its own events, from its own requests; of the eight identical ones, one stored the blob.
+      const events = await t.database.db
+        .selectFrom('events')
+        .select(['type', 'request_id', 'payload', 'xid'])
+        .where('repository', 'in', ['inline/batch', 'inline/batch-twin'])
+        .orderBy('seq')
+        .execute();
+      const count = (type: string) => events.filter((e) => e.type === type).length;
+      expect([count('upload.started'), count('upload.chunk'), count('upload.committed')]).toEqual([
+        36, 32, 32,
+      ]);
+      expect(new Set(events.map((e) => e.request_id)).size).toBe(36 + 32);
+      const twinCommits = events.filter(
+        (e) => e.type === 'upload.committed' && (e.payload as { digest: string }).digest === twin.digest,
+      );
+      expect(twinCommits.map((e) => (e.payload as { existed: boolean }).existed).sort()).toEqual([
+        false,
+        ...Array<boolean>(7).fill(true),
+      ]);
+      // Under this load, requests did share statements: one transaction wrote several requests' events.
+      const requestsPerTransaction = new Map<string, Set<string | null>>();
+      for (const e of events) {
+        const set = requestsPerTransaction.get(e.xid) ?? new Set();
+        requestsPerTransaction.set(e.xid, set.add(e.request_id));
+      }
+      expect(Math.max(...[...requestsPerTransaction.values()].map((s) => s.size))).toBeGreaterThan(1);
+    });
+
     it('refuses a small blob whose digest does not match, storing nothing', async () => {
       const { data } = randomBlob(100);
       const wrong = randomBlob(100).digest;

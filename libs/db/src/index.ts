@@ -3,3 +3,4 @@ export * from './embedded-postgres';
 export * from './migrator';
 export * from './schema';
 export * from './prepared';
+export * from './batcher';

@@ -6,8 +6,17 @@ import type { AppendedEvent, EventType, NewEvent } from './event-types';
 export interface StatementEvent<T extends EventType = EventType> extends NewEvent<T> {
   /** A jsonb object expression merged into the payload, such as a flag read from a sibling CTE. */
   readonly merge?: RawBuilder<unknown>;
-  /** The name of a sibling CTE: the event is written only when that CTE returned a row. */
-  readonly onlyIf?: string;
+  /**
+   * The name of a sibling CTE: the event is written only when that CTE returned a row. Or a boolean expression,
+   * for a statement that writes several requests' events, each under its own condition.
+   */
+  readonly onlyIf?: string | RawBuilder<boolean>;
+}
+
+function condition(onlyIf: StatementEvent['onlyIf']): RawBuilder<boolean> {
+  if (onlyIf === undefined) return sql<boolean>`true`;
+  if (typeof onlyIf === 'string') return sql<boolean>`EXISTS (SELECT 1 FROM ${sql.table(onlyIf)})`;
+  return onlyIf;
 }
 
 /**
@@ -45,7 +54,7 @@ export class EventStore {
         sql`(${i}::int, ${e.meta.actor}::text, ${e.type}::text, ${e.repository}::text, ${e.subject}::text,
              ${JSON.stringify(e.payload)}::jsonb${e.merge ? sql` || ${e.merge}` : sql``},
              ${e.meta.requestId}::text, ${e.meta.clientAddr}::text, ${e.meta.userAgent}::text,
-             ${e.onlyIf ? sql`EXISTS (SELECT 1 FROM ${sql.table(e.onlyIf)})` : sql`true`})`,
+             ${condition(e.onlyIf)})`,
     );
     // Identity values follow the order the SELECT yields its rows in, so ORDER BY fixes the events' order.
     return sql`INSERT INTO events (actor, type, repository, subject, payload, request_id, client_addr, user_agent)

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { sql } from 'kysely';
-import type { Db, PreparedStatements, Tx, UploadRow } from '@strata/db';
+import { Batcher, type Db, type PreparedStatements, type Tx, type UploadRow } from '@strata/db';
 import {
   type Digester,
   HashWorker,
@@ -12,7 +12,7 @@ import {
   tapAsync,
   type WorkerDigester,
 } from '@strata/digest';
-import { EventStore, type RequestMeta, type StatementEvent } from '@strata/events';
+import { EventStore, type NewEvent, type RequestMeta, type StatementEvent } from '@strata/events';
 import { type ParsedDigest, parseDigest, RegistryError } from '@strata/oci';
 import { type BlobStorage, blobKey, chunkKey } from '@strata/storage';
 import type { RepositoryStore } from './repository.store';
@@ -50,6 +50,45 @@ interface Chunk {
   readonly size: number;
   readonly storage_key: string;
 }
+
+/** A blob ready to be made visible: what `publishOne` and `publishMany` write. */
+interface Publication {
+  readonly repositoryId: number;
+  /** The session it completes, or null for a POST that carries the blob itself. */
+  readonly uploadId: string | null;
+  readonly digest: string;
+  readonly size: number;
+  /** Exactly one of `key` (the bytes in storage) and `content` (the bytes in the row) is set. */
+  readonly key: string | null;
+  readonly content: Buffer | null;
+  /** In order; the last is `upload.committed`, whose `existed` the statement sets. */
+  readonly events: readonly NewEvent[];
+}
+
+interface PublishOutcome {
+  /** The session was still there to complete (always, for a POST carrying the blob). */
+  readonly accepted: boolean;
+  /** This publication inserted the blob's row, rather than finding it. */
+  readonly created: boolean;
+}
+
+interface StartRequest {
+  readonly id: string;
+  readonly repositoryId: number;
+  readonly repository: string;
+  readonly meta: RequestMeta;
+}
+
+/** Which events a publication writes, as a short name: the statements' text depends on nothing else. */
+function eventShape(p: Publication): string {
+  return p.events.map((e) => e.type.split('.')[1]).join('_');
+}
+
+/**
+ * How the hottest small writes (session starts, blobs held in their row) are batched: a lone request goes at
+ * once; while two statements are under way, requests wait and then go together, up to 64 in one statement.
+ */
+const BATCHING = { maxBatch: 64, maxInFlight: 1 };
 
 /** `Range` header value for an upload of `size` bytes: the spec's inclusive `0-<last byte>`. */
 export function uploadRange(size: number): string {
@@ -105,6 +144,11 @@ export class UploadService {
   private readonly advanceAgain = new Set<string>();
   private readonly nativeHashes = new NativeHashCache<WorkerDigester>();
   private readonly idleTimers = new Map<string, NodeJS.Timeout>();
+  private readonly starts = new Batcher<StartRequest, true>((batch) => this.startMany(batch), BATCHING);
+  private readonly inlinePublications = new Batcher<Publication, PublishOutcome>(
+    (batch) => this.publishMany(batch),
+    BATCHING,
+  );
 
   constructor(
     private readonly db: Db,
@@ -127,14 +171,30 @@ export class UploadService {
   async start(repository: string, meta: RequestMeta): Promise<UploadStatus> {
     const repositoryId = await this.repositories.ensure(repository);
     const id = randomUUID();
-    await this.prepared.run(
-      'upload_start',
-      sql`WITH upload AS (INSERT INTO uploads (id, repository_id) VALUES (${id}::uuid, ${repositoryId}::bigint))
-        ${this.events.insertion([
-          { type: 'upload.started', repository, subject: id, payload: { upload_id: id }, meta },
-        ])}`.compile(this.db),
-    );
+    await this.starts.submit({ id, repositoryId, repository, meta });
     return { id, repository, size: 0 };
+  }
+
+  /** Sessions and their `upload.started` events, in one statement however many there are. */
+  private async startMany(batch: readonly StartRequest[]): Promise<true[]> {
+    const ids = batch.map((s) => s.id);
+    const repositoryIds = batch.map((s) => s.repositoryId);
+    await this.prepared.run(
+      `upload_start_x${batch.length}`,
+      sql`WITH upload AS (
+          INSERT INTO uploads (id, repository_id) SELECT * FROM unnest(${ids}::uuid[], ${repositoryIds}::bigint[])
+        )
+        ${this.events.insertion(
+          batch.map(({ id, repository, meta }) => ({
+            type: 'upload.started',
+            repository,
+            subject: id,
+            payload: { upload_id: id },
+            meta,
+          })),
+        )}`.compile(this.db),
+    );
+    return batch.map(() => true);
   }
 
   private async load(repository: string, id: string): Promise<UploadRow> {
@@ -725,7 +785,7 @@ export class UploadService {
       throw new RegistryError('DIGEST_INVALID', { expected: digest, actual: `${algorithm}:${actual}`, size });
     }
     const id = uploadId ?? randomUUID();
-    const events: StatementEvent[] = [];
+    const events: NewEvent[] = [];
     if (!uploadId)
       events.push({ type: 'upload.started', repository, subject: id, payload: { upload_id: id }, meta });
     if (size > 0) {
@@ -737,41 +797,27 @@ export class UploadService {
         meta,
       });
     }
+    // `existed` is set by the statement, from whether it inserted the blob row.
     events.push({
       type: 'upload.committed',
       repository,
       subject: digest,
       payload: { upload_id: id, digest, size, existed: false },
-      merge: sql`jsonb_build_object('existed', NOT EXISTS (SELECT 1 FROM blob))`,
       meta,
     });
-    // One statement, so one round trip and one commit: the session's row goes (or, for a POST carrying the blob,
-    // a constant row stands in for it), and only if it did do the blob, its link and the events appear.
-    const session = uploadId
-      ? sql`DELETE FROM uploads WHERE id = ${uploadId}::uuid AND repository_id = ${repositoryId}::bigint AND size = 0 RETURNING id`
-      : sql`SELECT 1 AS id`;
-    let outcome: { accepted: boolean; created: boolean } | undefined;
+    const publication: Publication = { repositoryId, uploadId, digest, size, key, content, events };
+    let outcome: PublishOutcome;
     try {
-      const statement = sql<{ accepted: boolean; created: boolean }>`WITH session AS (${session}),
-        blob AS (
-          INSERT INTO blobs (digest, size, storage_key, content)
-          SELECT ${digest}::text, ${size}::bigint, ${key}::text, ${content}::bytea FROM session
-          ON CONFLICT (digest) DO NOTHING
-          RETURNING digest
-        ), link AS (
-          INSERT INTO repository_blobs (repository_id, digest) SELECT ${repositoryId}::bigint, ${digest}::text FROM session
-          ON CONFLICT (repository_id, digest) DO NOTHING
-        ), event AS (${this.events.insertion(events.map((e) => ({ ...e, onlyIf: 'session' })))})
-        SELECT EXISTS (SELECT 1 FROM session) AS accepted, EXISTS (SELECT 1 FROM blob) AS created`;
-      // The statement's text depends only on which events it writes, so each shape is prepared once.
-      const shape = `commit_whole_${events.map((e) => e.type.split('.')[1]).join('_')}`;
-      outcome = (await this.prepared.run(shape, statement.compile(this.db)))[0];
+      // Blobs held in their row go through the batcher: under load, many small pushes share one statement.
+      outcome = await (content !== null
+        ? this.inlinePublications.submit(publication)
+        : this.publishOne(publication));
     } catch (e) {
       if (key !== null) await this.removeUnpublished(key);
       throw e;
     }
     const copies = key === null ? [] : [key];
-    if (!outcome?.accepted) {
+    if (!outcome.accepted) {
       await this.removeObjects(copies);
       if (optimistic) return null;
       const still = uploadId
@@ -790,6 +836,108 @@ export class UploadService {
       await this.assertStoredSize(this.db, digest, size);
     }
     return { digest, size };
+  }
+
+  /**
+   * One statement, so one round trip and one commit: the session's row goes (or, for a POST carrying the blob, a
+   * constant row stands in for it), and only if it did do the blob, its link and the events appear.
+   */
+  private async publishOne(p: Publication): Promise<PublishOutcome> {
+    const session = p.uploadId
+      ? sql`DELETE FROM uploads WHERE id = ${p.uploadId}::uuid AND repository_id = ${p.repositoryId}::bigint AND size = 0 RETURNING id`
+      : sql`SELECT 1 AS id`;
+    const events = p.events.map(
+      (e): StatementEvent => ({
+        ...e,
+        onlyIf: 'session',
+        merge:
+          e.type === 'upload.committed'
+            ? sql`jsonb_build_object('existed', NOT EXISTS (SELECT 1 FROM blob))`
+            : undefined,
+      }),
+    );
+    const statement = sql<PublishOutcome>`WITH session AS (${session}),
+      blob AS (
+        INSERT INTO blobs (digest, size, storage_key, content)
+        SELECT ${p.digest}::text, ${p.size}::bigint, ${p.key}::text, ${p.content}::bytea FROM session
+        ON CONFLICT (digest) DO NOTHING
+        RETURNING digest
+      ), link AS (
+        INSERT INTO repository_blobs (repository_id, digest) SELECT ${p.repositoryId}::bigint, ${p.digest}::text FROM session
+        ON CONFLICT (repository_id, digest) DO NOTHING
+      ), event AS (${this.events.insertion(events)})
+      SELECT EXISTS (SELECT 1 FROM session) AS accepted, EXISTS (SELECT 1 FROM blob) AS created`;
+    // The statement's text depends only on which events it writes, so each shape is prepared once.
+    const [outcome] = await this.prepared.run(`commit_whole_${eventShape(p)}`, statement.compile(this.db));
+    if (!outcome) throw new Error(`failed to commit ${p.digest}: the statement returned no row`);
+    return outcome;
+  }
+
+  /**
+   * Several publications in one statement: each is accepted or not on its own, exactly as `publishOne` would
+   * decide it, and their events follow each other in the order given. Rows are inserted in key order, so two such
+   * statements (on two replicas, say) sharing digests wait for each other rather than deadlock.
+   */
+  private async publishMany(batch: readonly Publication[]): Promise<PublishOutcome[]> {
+    if (batch.length === 1) return [await this.publishOne(batch[0] as Publication)];
+    const rows = batch.map(
+      (p, k) =>
+        sql`(${sql.lit(k)}::int, ${p.uploadId}::uuid, ${p.repositoryId}::bigint, ${p.digest}::text,
+             ${p.size}::bigint, ${p.key}::text, ${p.content}::bytea)`,
+    );
+    const events = batch.flatMap((p, k) =>
+      p.events.map(
+        (e): StatementEvent => ({
+          ...e,
+          onlyIf: sql<boolean>`EXISTS (SELECT 1 FROM accepted WHERE k = ${sql.lit(k)})`,
+          merge:
+            e.type === 'upload.committed'
+              ? sql`jsonb_build_object('existed', NOT EXISTS (SELECT 1 FROM created WHERE k = ${sql.lit(k)}))`
+              : undefined,
+        }),
+      ),
+    );
+    const statement = sql<PublishOutcome & { k: number }>`WITH input AS (
+        SELECT * FROM (VALUES ${sql.join(rows)}) AS i(k, upload_id, repository_id, digest, size, storage_key, content)
+      ), session AS (
+        DELETE FROM uploads u USING input i
+        WHERE u.id = i.upload_id AND u.repository_id = i.repository_id AND u.size = 0
+        RETURNING i.k
+      ), accepted AS (
+        SELECT k FROM session UNION ALL SELECT k FROM input WHERE upload_id IS NULL
+      ), first AS (
+        SELECT DISTINCT ON (i.digest) i.k, i.digest, i.size, i.storage_key, i.content
+        FROM input i JOIN accepted USING (k)
+        ORDER BY i.digest, i.k
+      ), blob AS (
+        INSERT INTO blobs (digest, size, storage_key, content)
+        SELECT digest, size, storage_key, content FROM first ORDER BY digest
+        ON CONFLICT (digest) DO NOTHING
+        RETURNING digest
+      ), created AS (
+        SELECT first.k FROM first JOIN blob USING (digest)
+      ), link AS (
+        INSERT INTO repository_blobs (repository_id, digest)
+        SELECT DISTINCT i.repository_id, i.digest FROM input i JOIN accepted USING (k)
+        ORDER BY 1, 2
+        ON CONFLICT (repository_id, digest) DO NOTHING
+      ), event AS (${this.events.insertion(events)})
+      SELECT i.k, EXISTS (SELECT 1 FROM accepted a WHERE a.k = i.k) AS accepted,
+        EXISTS (SELECT 1 FROM created c WHERE c.k = i.k) AS created
+      FROM input i ORDER BY i.k`;
+    const compiled = statement.compile(this.db);
+    // Prepared when every publication has the same shape (the usual case: one client's kind of push, many
+    // times), so the number of prepared statements stays bounded; a mixed batch is planned each time.
+    const shapes = new Set(batch.map(eventShape));
+    const result =
+      shapes.size === 1
+        ? await this.prepared.run(`commit_many_${[...shapes][0]}_x${batch.length}`, compiled)
+        : (await this.db.executeQuery(compiled)).rows;
+    return batch.map((p, k) => {
+      const row = result[k];
+      if (row?.k !== k) throw new Error(`failed to commit ${p.digest}: the statement returned no row for it`);
+      return { accepted: row.accepted, created: row.created };
+    });
   }
 
   /**
