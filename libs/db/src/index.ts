@@ -4,3 +4,4 @@ export * from './migrator';
 export * from './schema';
 export * from './prepared';
 export * from './batcher';
+export * from './lookup';

@@ -18,6 +18,11 @@ export class PreparedStatements {
     return result.rows[0];
   }
 
+  async all<T extends pg.QueryResultRow>(name: string, text: string, values: unknown[]): Promise<T[]> {
+    const result = await this.pool.query<T>({ name, text, values });
+    return result.rows;
+  }
+
   /** Runs a query kysely compiled (`sql\`…\`.compile(db)`) under `name`; its rows. */
   async run<T extends pg.QueryResultRow>(name: string, query: CompiledQuery<T>): Promise<T[]> {
     const result = await this.pool.query<T>({ name, text: query.sql, values: [...query.parameters] });

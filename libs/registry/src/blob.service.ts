@@ -1,5 +1,5 @@
 import { Readable } from 'node:stream';
-import type { Db, PreparedStatements } from '@strata/db';
+import { type Db, Lookup, type PreparedStatements } from '@strata/db';
 import { EventStore, type RequestMeta } from '@strata/events';
 import { assertName, parseDigest, RegistryError } from '@strata/oci';
 import type { BlobStorage, ByteRange, ObjectReader } from '@strata/storage';
@@ -12,28 +12,40 @@ export interface BlobInfo {
   readonly storageKey: string | null;
 }
 
+interface LinkKey {
+  readonly repositoryId: number;
+  readonly digest: string;
+}
+
 /** Reads and links of blobs that are already stored. Reads touch projections only. */
 export class BlobService {
   private readonly events = new EventStore();
+  /** (repository id, digest) → the linked blob's size and storage key: HEAD and GET of blobs, batched. */
+  private readonly linked: Lookup<LinkKey, { size: number; storage_key: string | null }>;
 
   constructor(
     private readonly db: Db,
     private readonly storage: BlobStorage,
     private readonly repositories: RepositoryStore,
     private readonly reads: PreparedStatements,
-  ) {}
+  ) {
+    this.linked = new Lookup(
+      reads,
+      'blob_stat_many',
+      `SELECT k.i::int AS i, b.size, b.storage_key
+       FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS k(repository_id, digest, i)
+       JOIN repository_blobs rb ON rb.repository_id = k.repository_id AND rb.digest = k.digest
+       JOIN blobs b ON b.digest = rb.digest`,
+      (keys) => [keys.map((k) => k.repositoryId), keys.map((k) => k.digest)],
+    );
+  }
 
   /** The blob as linked in `repository`; BLOB_UNKNOWN when it is not, even if another repository has it. */
   async stat(repository: string, digest: string): Promise<BlobInfo> {
     parseDigest(digest);
     const repositoryId = await this.repositories.find(repository);
     if (repositoryId === null) throw new RegistryError('BLOB_UNKNOWN', { digest });
-    const row = await this.reads.first<{ size: number; storage_key: string | null }>(
-      'blob_stat',
-      `SELECT b.size, b.storage_key FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
-       WHERE rb.repository_id = $1 AND rb.digest = $2`,
-      [repositoryId, digest],
-    );
+    const row = await this.linked.find({ repositoryId, digest });
     if (!row) throw new RegistryError('BLOB_UNKNOWN', { digest });
     return { digest, size: row.size, storageKey: row.storage_key };
   }

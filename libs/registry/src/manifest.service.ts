@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { sql } from 'kysely';
-import type { Db, PreparedStatements, Tx } from '@strata/db';
+import { type Db, Lookup, type PreparedStatements, type Tx } from '@strata/db';
 import { EventStore, type NewEvent, type RequestMeta, type StatementEvent } from '@strata/events';
 import {
   assertName,
@@ -61,6 +61,12 @@ export async function readLimited(body: AsyncIterable<Buffer> | null, limit: num
   return Buffer.concat(chunks, size);
 }
 
+/** A manifest read: the repository and a tag or a digest. */
+interface ManifestKey {
+  readonly repositoryId: number;
+  readonly key: string;
+}
+
 interface ManifestRowRead {
   digest: string;
   media_type: string;
@@ -105,11 +111,40 @@ const INSERT_BATCH = 1000;
 export class ManifestService {
   private readonly events = new EventStore();
 
+  /** Manifest reads by tag and by digest, with and without the bytes (GET and HEAD): batched. */
+  private readonly reads: Record<
+    'tag' | 'digest',
+    Record<'head' | 'get', Lookup<ManifestKey, ManifestRowRead>>
+  >;
+
   constructor(
     private readonly db: Db,
     private readonly repositories: RepositoryStore,
     private readonly prepared: PreparedStatements,
-  ) {}
+  ) {
+    const lookup = (by: 'tag' | 'digest', withContent: boolean): Lookup<ManifestKey, ManifestRowRead> => {
+      const columns = withContent
+        ? 'm.digest, m.media_type, m.size, m.content'
+        : 'm.digest, m.media_type, m.size';
+      const join =
+        by === 'tag'
+          ? `JOIN tags t ON t.repository_id = k.repository_id AND t.name = k.key
+             JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest`
+          : 'JOIN manifests m ON m.repository_id = k.repository_id AND m.digest = k.key';
+      return new Lookup(
+        prepared,
+        `manifest_${withContent ? 'get' : 'head'}_by_${by}_many`,
+        `SELECT k.i::int AS i, ${columns}
+         FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS k(repository_id, key, i)
+         ${join}`,
+        (keys) => [keys.map((k) => k.repositoryId), keys.map((k) => k.key)],
+      );
+    };
+    this.reads = {
+      tag: { head: lookup('tag', false), get: lookup('tag', true) },
+      digest: { head: lookup('digest', false), get: lookup('digest', true) },
+    };
+  }
 
   async put(
     repository: string,
@@ -452,23 +487,13 @@ export class ManifestService {
     if (target === null) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
     const repositoryId = await this.repositories.find(repository);
     if (repositoryId === null) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
-    const columns = withContent
-      ? 'm.digest, m.media_type, m.size, m.content'
-      : 'm.digest, m.media_type, m.size';
     const row =
       'tag' in target
-        ? await this.prepared.first<ManifestRowRead>(
-            withContent ? 'manifest_by_tag' : 'manifest_stat_by_tag',
-            `SELECT ${columns} FROM tags t
-             JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
-             WHERE t.repository_id = $1 AND t.name = $2`,
-            [repositoryId, target.tag],
-          )
-        : await this.prepared.first<ManifestRowRead>(
-            withContent ? 'manifest_by_digest' : 'manifest_stat_by_digest',
-            `SELECT ${columns} FROM manifests m WHERE m.repository_id = $1 AND m.digest = $2`,
-            [repositoryId, target.digest.digest],
-          );
+        ? await this.reads.tag[withContent ? 'get' : 'head'].find({ repositoryId, key: target.tag })
+        : await this.reads.digest[withContent ? 'get' : 'head'].find({
+            repositoryId,
+            key: target.digest.digest,
+          });
     if (!row) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
     return {
       digest: row.digest,
