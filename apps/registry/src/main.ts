@@ -2,6 +2,7 @@
 import './threadpool';
 import 'reflect-metadata';
 import { createDb, createPool, migrate } from '@strata/db';
+import { collectWhenQuiet } from '@strata/storage';
 import { ConfigError, loadConfig, type Config } from './config/config';
 import { createApp } from './http/create-app';
 import { createLogger } from './http/logger';
@@ -36,6 +37,8 @@ async function serve(config: Config): Promise<void> {
   const runtime = await startRuntime(config, logger);
   const app = await createApp(runtime);
   await app.listen(config.port, config.host);
+  // Memory a burst of requests grew is handed back once it is over, not kept until the next one.
+  collectWhenQuiet();
   logger.info(
     {
       host: config.host,

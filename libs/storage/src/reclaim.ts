@@ -4,7 +4,8 @@ import { runInNewContext } from 'node:vm';
 /** Bytes streamed through between two young-generation collections. */
 const EVERY = 16 * 1024 * 1024;
 
-type Collect = (options: { type: 'minor' }) => void;
+// With no options, a full collection (this V8 knows no `type: 'major'`).
+type Collect = (options?: { type: 'minor' }) => void;
 
 // A body arrives as 64 KiB socket buffers that die at once. V8 counts them as external memory and collects
 // them only after about 64 MiB have piled up, while the young generation grows to its limit: together some
@@ -21,4 +22,30 @@ export function streamed(bytes: number): void {
   if (since < EVERY) return;
   since = 0;
   collect({ type: 'minor' });
+}
+
+/** How often the idle collector looks at how busy the event loop was. */
+const QUIET_CHECK_MS = 1000;
+/** Below this share of the last interval spent busy, the process counts as quiet. */
+const QUIET_UTILIZATION = 0.02;
+
+/**
+ * After a burst of work, once the process has gone quiet, runs one full collection so the heap the burst grew is
+ * handed back rather than kept until the next burst finds it. Returns a function that stops it.
+ */
+export function collectWhenQuiet(): () => void {
+  let busy = false;
+  let last = performance.eventLoopUtilization();
+  const timer = setInterval(() => {
+    const now = performance.eventLoopUtilization();
+    const { utilization } = performance.eventLoopUtilization(now, last);
+    last = now;
+    if (utilization > QUIET_UTILIZATION) busy = true;
+    else if (busy) {
+      busy = false;
+      collect();
+    }
+  }, QUIET_CHECK_MS);
+  timer.unref();
+  return () => clearInterval(timer);
 }

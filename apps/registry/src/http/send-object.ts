@@ -4,11 +4,11 @@ import type { Logger } from 'pino';
 import type { ObjectReader } from '@strata/storage';
 
 /** Bytes per read and per socket write. */
-const PIECE = 1024 * 1024;
+const PIECE = 512 * 1024;
 /** Pieces one response may have in flight: read-ahead while the socket drains the ones before. */
 const RING = 4;
 /** Buffers kept for the next responses, so a download does not map and fault in fresh memory for every MiB. */
-const SPARE_MAX = 8;
+const SPARE_MAX = 4;
 const spare: Buffer[] = [];
 
 function take(): Buffer {
