@@ -1,3 +1,5 @@
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { ResumableSha256 } from '@strata/digest';
 import { errorCodes, pushBlob, randomBlob, sha256 } from '../support/http';
 import { startTestApp, type TestApp } from '../support/test-app';
@@ -117,6 +119,84 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
     expect(Buffer.from(await res.arrayBuffer())).toEqual(data.subarray(19990, 20010));
     const bad = await fetch(url(`/v2/ranges/blobs/${digest}`), { headers: { range: 'bytes=60000-' } });
     expect(bad.status).toBe(416);
+  });
+
+  describe('chunks answered before their flush to disk', () => {
+    /** Two PATCHed chunks of a fresh upload; the upload's id and location, and its bytes. */
+    async function twoChunks(repo: string) {
+      const { data, digest } = randomBlob(200_000);
+      const location = await startUpload(repo);
+      for (const part of [data.subarray(0, 120_000), data.subarray(120_000)]) {
+        const res = await fetch(url(location), {
+          method: 'PATCH',
+          body: part,
+          headers: { 'content-type': 'application/octet-stream' },
+        });
+        expect(res.status).toBe(202);
+      }
+      const id = location.split('/').pop()!;
+      const chunks = await t.database.db
+        .selectFrom('upload_chunks')
+        .select(['storage_key', 'unsynced_boot'])
+        .where('upload_id', '=', id)
+        .orderBy('offset')
+        .execute();
+      return { data, digest, location, id, chunks };
+    }
+
+    const put = (location: string, digest: string) =>
+      fetch(url(`${location}?digest=${digest}`), { method: 'PUT' });
+
+    it('are recorded with the boot they were written under, and flushed by the commit', async () => {
+      const { data, digest, location, chunks } = await twoChunks('deferred/plain');
+      const boot = (await readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim();
+      // Bytes in PostgreSQL are durable as soon as they are written.
+      expect(chunks.map((c) => c.unsynced_boot)).toEqual(
+        Array(2).fill(storage === 'filesystem' ? boot : null),
+      );
+      expect((await put(location, digest)).status).toBe(201);
+      const get = await fetch(url(`/v2/deferred/plain/blobs/${digest}`));
+      expect(Buffer.from(await get.arrayBuffer()).equals(data)).toBe(true);
+    });
+
+    if (storage === 'filesystem') {
+      it('written under another boot are hashed again from storage: bytes lost in a crash are refused', async () => {
+        const { digest, location, id, chunks } = await twoChunks('deferred/crashed');
+        await t.database.db
+          .updateTable('upload_chunks')
+          .set({ unsynced_boot: 'before-a-crash' })
+          .where('upload_id', '=', id)
+          .execute();
+        // What a crash may leave of bytes never flushed: a file of the right size holding something else.
+        await writeFile(join(t.dataDir, 'storage', chunks[1]!.storage_key), Buffer.alloc(80_000));
+        const res = await put(location, digest);
+        expect(res.status).toBe(400);
+        expect(await errorCodes(res)).toEqual(['DIGEST_INVALID']);
+        expect((await fetch(url(`/v2/deferred/crashed/blobs/${digest}`), { method: 'HEAD' })).status).toBe(
+          404,
+        );
+      });
+
+      it('written under another boot that did survive are committed, after hashing them again', async () => {
+        const { data, digest, location, id } = await twoChunks('deferred/survived');
+        await t.database.db
+          .updateTable('upload_chunks')
+          .set({ unsynced_boot: 'another-host' })
+          .where('upload_id', '=', id)
+          .execute();
+        expect((await put(location, digest)).status).toBe(201);
+        const get = await fetch(url(`/v2/deferred/survived/blobs/${digest}`));
+        expect(Buffer.from(await get.arrayBuffer()).equals(data)).toBe(true);
+      });
+
+      it('whose file is gone make the commit fail with BLOB_UPLOAD_INVALID, not a 500', async () => {
+        const { digest, location, chunks } = await twoChunks('deferred/lost');
+        await rm(join(t.dataDir, 'storage', chunks[0]!.storage_key));
+        const res = await put(location, digest);
+        expect(res.status).toBe(400);
+        expect(await errorCodes(res)).toEqual(['BLOB_UPLOAD_INVALID']);
+      });
+    }
   });
 
   it('refuses an out-of-order or retried chunk with 416 and the current range', async () => {

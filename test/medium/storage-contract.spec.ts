@@ -197,6 +197,27 @@ describe.each([
     });
   });
 
+  describe('deferred flush', () => {
+    it('writes without waiting for the disk, and sync makes the objects durable', async () => {
+      const data = randomBytes(3 * MiB + 17);
+      const keys = Array.from({ length: 6 }, () => chunkKey(randomUUID(), 0));
+      for (const key of keys)
+        expect(await storage.write(key, chunksOf(data, 65_537), { durable: false })).toBe(data.length);
+      await storage.sync(keys);
+      for (const key of keys) expect((await read(key)).equals(data)).toBe(true);
+      // Synced again, or by another process than the writer: still fine.
+      await storage.sync(keys);
+      for (const key of keys) await storage.delete(key);
+    });
+
+    it('rejects syncing a missing object with ENOENT', async () => {
+      const key = await writeChunk(randomBytes(10));
+      const missing = chunkKey(randomUUID(), 0);
+      await expect(storage.sync([key, missing])).rejects.toMatchObject({ code: 'ENOENT' });
+      await storage.delete(key);
+    });
+  });
+
   describe('compose', () => {
     it('of one part makes a copy with the same bytes and leaves the part as it was', async () => {
       const data = randomBytes(200_000);

@@ -43,6 +43,8 @@ export interface UploadChunksTable {
   offset: number;
   size: number;
   storage_key: string;
+  /** Boot id of the machine that wrote the chunk without flushing it; null when durable as recorded. */
+  unsynced_boot: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export interface BlobsTable {

@@ -14,7 +14,7 @@ import {
 } from '@strata/digest';
 import { EventStore, type NewEvent, type RequestMeta, type StatementEvent } from '@strata/events';
 import { type ParsedDigest, parseDigest, RegistryError } from '@strata/oci';
-import { type BlobStorage, blobKey, chunkKey } from '@strata/storage';
+import { type BlobStorage, blobKey, bootId, chunkKey } from '@strata/storage';
 import type { RepositoryStore } from './repository.store';
 
 /** How many times faster node's native SHA-256 runs than hash-wasm's on these machines (1750 vs 280 MB/s). */
@@ -49,6 +49,7 @@ interface Chunk {
   readonly offset: number;
   readonly size: number;
   readonly storage_key: string;
+  readonly unsynced_boot: string | null;
 }
 
 /** A blob ready to be made visible: what `publishOne` and `publishMany` write. */
@@ -261,6 +262,9 @@ export class UploadService {
     // catches up off the request path (advanceHash).
     // The hash runs on the hash worker, beside the event loop that receives the bytes.
     const native = offset === 0 ? this.hashes.native('sha256') : this.nativeHashes.forkAt(row.id, offset);
+    // The chunk is answered once its bytes are written; their flush to disk finishes in the background, and the
+    // commit makes sure of it before the blob becomes visible (`syncChunks`).
+    const unsyncedBoot = this.storage.transactional ? null : bootId();
     let kept = false;
     try {
       const key = chunkKey(row.id, offset);
@@ -278,6 +282,7 @@ export class UploadService {
               digested = digest(native);
             })
           : body,
+        { durable: unsyncedBoot === null },
       );
       if (written === 0) {
         await this.storage.delete(key);
@@ -297,7 +302,7 @@ export class UploadService {
       const prefix = native ? await (digested ?? digest(native)) : null;
       let rows: { accepted: boolean }[];
       try {
-        rows = await this.recordChunk(repository, row.id, offset, written, key, prefix, meta);
+        rows = await this.recordChunk(repository, row.id, offset, written, key, prefix, unsyncedBoot, meta);
       } catch (e) {
         await this.removeUnrecorded(row.id, key);
         throw e;
@@ -333,6 +338,7 @@ export class UploadService {
     written: number,
     key: string,
     prefix: string | null,
+    unsyncedBoot: string | null,
     meta: RequestMeta,
   ): Promise<{ accepted: boolean }[]> {
     const size = offset + written;
@@ -343,8 +349,8 @@ export class UploadService {
           WHERE id = ${id}::uuid AND size = ${offset}::bigint
           RETURNING id
         ), chunk AS (
-          INSERT INTO upload_chunks (upload_id, "offset", size, storage_key)
-          SELECT id, ${offset}::bigint, ${written}::bigint, ${key}::text FROM upload
+          INSERT INTO upload_chunks (upload_id, "offset", size, storage_key, unsynced_boot)
+          SELECT id, ${offset}::bigint, ${written}::bigint, ${key}::text, ${unsyncedBoot}::text FROM upload
         ), event AS (
           ${this.events.insertion([
             {
@@ -474,7 +480,7 @@ export class UploadService {
   private async chunks(uploadId: string): Promise<Chunk[]> {
     return this.db
       .selectFrom('upload_chunks')
-      .select(['offset', 'size', 'storage_key'])
+      .select(['offset', 'size', 'storage_key', 'unsynced_boot'])
       .where('upload_id', '=', uploadId)
       .orderBy('offset')
       .execute();
@@ -548,13 +554,14 @@ export class UploadService {
       row = await this.load(repository, id);
     }
     const size = row.size;
-    const actual = await this.finalDigest(row, algorithm);
-    if (actual !== hex) {
-      throw new RegistryError('DIGEST_INVALID', { expected: digest, actual: `${algorithm}:${actual}`, size });
-    }
     const chunks = await this.chunks(id);
     if (chunks.reduce((n, c) => n + c.size, 0) !== size) {
       throw new Error(`failed to commit upload ${id}: chunk rows do not add up to ${size} bytes`);
+    }
+    const trusted = await this.syncChunks(id, chunks);
+    const actual = await this.finalDigest(row, algorithm, trusted);
+    if (actual !== hex) {
+      throw new RegistryError('DIGEST_INVALID', { expected: digest, actual: `${algorithm}:${actual}`, size });
     }
     const repositoryId = row.repository_id;
     const existing = await this.db
@@ -622,8 +629,34 @@ export class UploadService {
     return { digest, size };
   }
 
-  private async finalDigest(row: UploadRow, algorithm: 'sha256' | 'sha512'): Promise<string> {
-    if (algorithm === 'sha256') {
+  /**
+   * Makes every chunk of the upload durable before anything can point at it. False when some chunk was written,
+   * not yet flushed, under another boot id (the writer's machine restarted since, or is another host): the bytes
+   * that survived may not be the bytes hashed as they arrived, so the digest must be taken from storage.
+   */
+  private async syncChunks(id: string, chunks: readonly Chunk[]): Promise<boolean> {
+    const unsynced = chunks.filter((c) => c.unsynced_boot !== null);
+    if (unsynced.length === 0) return true;
+    try {
+      await this.storage.sync(unsynced.map((c) => c.storage_key));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      throw new RegistryError('BLOB_UPLOAD_INVALID', {
+        upload: id,
+        reason: 'the bytes of a chunk of this upload were lost; start the upload again',
+      });
+    }
+    const boot = bootId();
+    return unsynced.every((c) => c.unsynced_boot === boot);
+  }
+
+  /** The digest of the upload's bytes; `trusted`: digests and states taken as the bytes arrived still hold. */
+  private async finalDigest(
+    row: UploadRow,
+    algorithm: 'sha256' | 'sha512',
+    trusted: boolean,
+  ): Promise<string> {
+    if (algorithm === 'sha256' && trusted) {
       if (row.prefix_digest) return row.prefix_digest;
       // Continue the saved state when what it lacks costs less in WebAssembly than everything natively.
       const lag = row.size - row.hash_offset;

@@ -8,6 +8,11 @@ export interface ByteRange {
   readonly end: number;
 }
 
+export interface WriteOptions {
+  /** False: resolve once the bytes are written, before they are flushed to disk. Default true. */
+  readonly durable?: boolean;
+}
+
 /** Random access to one object's bytes, for a sender that brings its own buffers. */
 export interface ObjectReader {
   readonly size: number;
@@ -29,10 +34,17 @@ export interface BlobStorage {
   init(): Promise<void>;
 
   /**
-   * Streams `source` into a new object at `key` and resolves with its size once every byte is durable.
-   * If `source` fails, nothing is left at `key` and the error propagates.
+   * Streams `source` into a new object at `key` and resolves with its size once every byte is durable, or with
+   * `{ durable: false }` once every byte is written, the flush to disk going on in the background (`sync` waits
+   * for it). If `source` fails, nothing is left at `key` and the error propagates.
    */
-  write(key: string, source: AsyncIterable<Buffer>): Promise<number>;
+  write(key: string, source: AsyncIterable<Buffer>, options?: WriteOptions): Promise<number>;
+
+  /**
+   * Makes the objects at `keys` durable, whoever wrote them: flushes their bytes and names to disk. Rejects when
+   * one is missing (code ENOENT) or when its flush failed.
+   */
+  sync(keys: readonly string[]): Promise<void>;
 
   /**
    * Makes a new object at `key` whose bytes are `parts` concatenated in order, durable on return. The parts are

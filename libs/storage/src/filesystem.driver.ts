@@ -14,7 +14,13 @@ import {
 } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
-import { assertKey, type BlobStorage, type ByteRange, type ObjectReader } from './blob-storage';
+import {
+  assertKey,
+  type BlobStorage,
+  type ByteRange,
+  type ObjectReader,
+  type WriteOptions,
+} from './blob-storage';
 import { nonce } from './paths';
 import { streamed } from './reclaim';
 
@@ -22,6 +28,8 @@ import { streamed } from './reclaim';
 const SYNC_EVERY = 1024 * 1024;
 const WRITE_BATCH = 1024 * 1024;
 const READ_CHUNK = 1024 * 1024;
+/** Deferred flushes one process lets run at once before a new deferred write waits. */
+const MAX_DEFERRED = 4;
 const STALE_TEMP_MS = 24 * 3600 * 1000;
 const PREFIXES = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 
@@ -50,6 +58,10 @@ export class FilesystemDriver implements BlobStorage {
   readonly driver = 'filesystem' as const;
   readonly transactional = false;
   private readonly tmp: string;
+  /** Deferred flushes of objects written with `durable: false`, under way, by key. */
+  private readonly flushing = new Map<string, Promise<void>>();
+  /** Deferred flushes that failed, so `sync` reports them until the object is deleted. */
+  private readonly failed = new Map<string, Promise<void>>();
 
   constructor(private readonly root: string) {
     // Each process writes under its own directory: replicas share the root, and one starting must not remove
@@ -83,8 +95,10 @@ export class FilesystemDriver implements BlobStorage {
     return join(this.root, assertKey(key));
   }
 
-  async write(key: string, source: AsyncIterable<Buffer>): Promise<number> {
+  async write(key: string, source: AsyncIterable<Buffer>, options: WriteOptions = {}): Promise<number> {
+    const durable = options.durable ?? true;
     const target = this.path(key);
+    if (!durable) await this.throttle();
     const tmp = join(this.tmp, nonce());
     const fh = await open(tmp, 'wx', 0o644);
     let size = 0;
@@ -104,6 +118,12 @@ export class FilesystemDriver implements BlobStorage {
         while (pending.length && bytesWritten >= pending[0]!.length) bytesWritten -= pending.shift()!.length;
         if (bytesWritten > 0) pending[0] = pending[0]!.subarray(bytesWritten);
       }
+    };
+    // Data and the size needed to read it back; timestamps need not reach the disk first.
+    const flushed = async (): Promise<void> => {
+      await syncing;
+      if (syncFailure !== undefined) throw syncFailure;
+      await fh.datasync();
     };
     try {
       for await (const chunk of source) {
@@ -127,20 +147,55 @@ export class FilesystemDriver implements BlobStorage {
         }
       }
       await flush();
-      await syncing;
-      if (syncFailure !== undefined) throw syncFailure;
-      // Data and the size needed to read it back; timestamps need not reach the disk first.
-      await fh.datasync();
-      await fh.close();
+      if (durable) {
+        await flushed();
+        await fh.close();
+      }
+      await rename(tmp, target);
     } catch (e) {
       await syncing;
       await fh.close().catch(() => undefined);
       await rm(tmp, { force: true });
       throw e;
     }
-    await rename(tmp, target);
-    await fsyncDir(dirname(target));
+    if (durable) {
+      await fsyncDir(dirname(target));
+      return size;
+    }
+    // The rest of the flush goes on while the caller answers; `sync` waits for it, and learns if it failed.
+    const background = flushed().finally(() => fh.close());
+    this.flushing.set(key, background);
+    const settled = (failed: boolean) => (): void => {
+      if (this.flushing.get(key) !== background) return;
+      this.flushing.delete(key);
+      if (failed) this.failed.set(key, background);
+    };
+    background.then(settled(false), settled(true));
     return size;
+  }
+
+  /** Waits while too many deferred flushes are under way: a disk slower than the network holds writers back. */
+  private async throttle(): Promise<void> {
+    while (this.flushing.size >= MAX_DEFERRED)
+      await Promise.race([...this.flushing.values()].map((p) => p.catch(() => undefined)));
+  }
+
+  async sync(keys: readonly string[]): Promise<void> {
+    const dirs = new Set<string>();
+    for (const key of keys) {
+      const path = this.path(key);
+      const background = this.flushing.get(key) ?? this.failed.get(key);
+      if (background) await background;
+      // Flushed again whoever wrote it: another process may have written it and died before its flush.
+      const fh = await open(path, constants.O_RDONLY);
+      try {
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+      dirs.add(dirname(path));
+    }
+    for (const dir of dirs) await fsyncDir(dir);
   }
 
   async compose(key: string, parts: readonly string[]): Promise<void> {
@@ -271,6 +326,7 @@ export class FilesystemDriver implements BlobStorage {
 
   async delete(key: string): Promise<void> {
     await rm(this.path(key), { recursive: true, force: true });
+    this.failed.delete(key);
   }
 
   async check(): Promise<void> {

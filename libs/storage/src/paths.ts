@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 
 /**
  * Storage keys, drawn as the filesystem driver lays them out under STRATA_DATA_DIR/storage:
@@ -26,4 +27,21 @@ export function blobKey(hex: string): string {
 
 export function chunkKey(uploadId: string, offset: number): string {
   return `uploads/${uploadId.slice(0, 2)}/${uploadId}.${offset}.${nonce()}`;
+}
+
+let boot: string | null | undefined;
+
+/**
+ * This machine's kernel boot id, which changes at every boot: bytes written but not yet flushed before it changed
+ * may be lost. Null where the kernel does not tell (not Linux); writes are then always flushed before they count.
+ */
+export function bootId(): string | null {
+  if (boot === undefined) {
+    try {
+      boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() || null;
+    } catch {
+      boot = null;
+    }
+  }
+  return boot;
 }
