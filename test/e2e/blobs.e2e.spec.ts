@@ -517,6 +517,81 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
       expect(Math.max(...[...requestsPerTransaction.values()].map((s) => s.size))).toBeGreaterThan(1);
     });
 
+    it('commits a batch whose pushes differ in every way, each as it would be alone', async () => {
+      // The first PUT's statement is held on a row lock, so every push that comes meanwhile waits for it and then
+      // goes in one statement: sessions and monolithic POSTs, identical blobs, a foreign session (and an empty blob).
+      const holder = await startUpload('inline/mixed');
+      const held = randomBlob(50);
+      const blobs = Array.from({ length: 3 }, () => randomBlob(3000));
+      const twin = randomBlob(700);
+      const empty = randomBlob(0);
+      const monolithic = randomBlob(900);
+      const lock = await t.database.pool.connect();
+      try {
+        await lock.query('BEGIN');
+        await lock.query('SELECT 1 FROM uploads WHERE id = $1 FOR UPDATE', [holder.split('/').pop()]);
+        const first = fetch(url(`${holder}?digest=${held.digest}`), {
+          method: 'PUT',
+          body: held.data,
+          headers: { 'content-type': 'application/octet-stream' },
+        });
+        const sessions = await Promise.all(Array.from({ length: 4 }, () => startUpload('inline/mixed')));
+        const foreign = (await startUpload('inline/mixed-other')).split('/').pop()!;
+        const putTo = (location: string, b: { data: Buffer; digest: string }) =>
+          fetch(url(`${location}?digest=${b.digest}`), {
+            method: 'PUT',
+            body: b.data,
+            headers: { 'content-type': 'application/octet-stream' },
+          });
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        const rest = Promise.all([
+          putTo(sessions[0]!, blobs[0]!),
+          putTo(sessions[1]!, twin),
+          putTo(sessions[2]!, twin),
+          putTo(sessions[3]!, empty),
+          putTo(`/v2/inline/mixed/blobs/uploads/${foreign}`, blobs[1]!),
+          fetch(url(`/v2/inline/mixed/blobs/uploads/?digest=${monolithic.digest}`), {
+            method: 'POST',
+            body: monolithic.data,
+            headers: { 'content-type': 'application/octet-stream' },
+          }),
+        ]);
+        // Long enough for every request to reach the batcher behind the held statement.
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        await lock.query('COMMIT');
+        expect((await first).status).toBe(201);
+        expect((await rest).map((r) => r.status)).toEqual([201, 201, 201, 201, 404, 201]);
+      } finally {
+        lock.release();
+      }
+      const committed = await t.database.db
+        .selectFrom('events')
+        .select(['xid', 'payload'])
+        .where('repository', '=', 'inline/mixed')
+        .where('type', '=', 'upload.committed')
+        .execute();
+      expect(committed).toHaveLength(6);
+      const perTransaction = new Map<string, number>();
+      for (const e of committed) perTransaction.set(e.xid, (perTransaction.get(e.xid) ?? 0) + 1);
+      // The four accepted bodies shared one statement; the empty blob, which has no body, took the general path.
+      expect(Math.max(...perTransaction.values())).toBe(4);
+      const existed = (digest: string) =>
+        committed
+          .map((e) => e.payload as { digest: string; existed: boolean })
+          .filter((p) => p.digest === digest)
+          .map((p) => p.existed)
+          .sort();
+      expect(existed(twin.digest)).toEqual([false, true]);
+      expect(existed(monolithic.digest)).toEqual([false]);
+      for (const b of [held, blobs[0]!, twin, empty, monolithic]) {
+        const get = await fetch(url(`/v2/inline/mixed/blobs/${b.digest}`));
+        expect(Buffer.from(await get.arrayBuffer()).equals(b.data)).toBe(true);
+      }
+      expect(
+        (await fetch(url(`/v2/inline/mixed/blobs/${blobs[1]!.digest}`), { method: 'HEAD' })).status,
+      ).toBe(404);
+    });
+
     it('refuses a small blob whose digest does not match, storing nothing', async () => {
       const { data } = randomBlob(100);
       const wrong = randomBlob(100).digest;

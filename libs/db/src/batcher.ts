@@ -49,7 +49,8 @@ export class Batcher<I, O> {
   private async runBatch(batch: readonly Pending<I, O>[]): Promise<void> {
     let results: readonly (O | Error)[];
     try {
-      results = await this.run(batch.map((p) => p.item));
+      // Through a promise, so a `run` that throws before its first await fails its batch rather than the batcher.
+      results = await Promise.resolve(batch.map((p) => p.item)).then((items) => this.run(items));
       if (results.length !== batch.length)
         throw new Error(`batch of ${batch.length} items answered ${results.length} results`);
     } catch (e) {

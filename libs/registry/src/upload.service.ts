@@ -87,9 +87,21 @@ function eventShape(p: Publication): string {
 
 /**
  * How the hottest small writes (session starts, blobs held in their row) are batched: a lone request goes at
- * once; while two statements are under way, requests wait and then go together, up to 64 in one statement.
+ * once; while a statement is under way, requests wait and then go together, up to 64 in one statement.
  */
 const BATCHING = { maxBatch: 64, maxInFlight: 1 };
+/**
+ * Batches of up to this many are prepared, one statement per size and shape; larger ones, whose text grows with
+ * every item, are planned each time, so each pooled connection keeps a bounded number of statements.
+ */
+const PREPARED_BATCH_MAX = 4;
+
+/** A statement that failed before it could commit, because of a conflict another statement caused. */
+function lostConflict(e: unknown): boolean {
+  const code = (e as { code?: unknown }).code;
+  // 23: integrity constraint violation; 40: transaction rollback (serialization failure, deadlock).
+  return typeof code === 'string' && (code.startsWith('23') || code.startsWith('40'));
+}
 
 /** `Range` header value for an upload of `size` bytes: the spec's inclusive `0-<last byte>`. */
 export function uploadRange(size: number): string {
@@ -180,9 +192,7 @@ export class UploadService {
   private async startMany(batch: readonly StartRequest[]): Promise<true[]> {
     const ids = batch.map((s) => s.id);
     const repositoryIds = batch.map((s) => s.repositoryId);
-    await this.prepared.run(
-      `upload_start_x${batch.length}`,
-      sql`WITH upload AS (
+    const statement = sql`WITH upload AS (
           INSERT INTO uploads (id, repository_id) SELECT * FROM unnest(${ids}::uuid[], ${repositoryIds}::bigint[])
         )
         ${this.events.insertion(
@@ -193,8 +203,10 @@ export class UploadService {
             payload: { upload_id: id },
             meta,
           })),
-        )}`.compile(this.db),
-    );
+        )}`.compile(this.db);
+    if (batch.length <= PREPARED_BATCH_MAX)
+      await this.prepared.run(`upload_start_x${batch.length}`, statement);
+    else await this.db.executeQuery(statement);
     return batch.map(() => true);
   }
 
@@ -911,7 +923,7 @@ export class UploadService {
    * decide it, and their events follow each other in the order given. Rows are inserted in key order, so two such
    * statements (on two replicas, say) sharing digests wait for each other rather than deadlock.
    */
-  private async publishMany(batch: readonly Publication[]): Promise<PublishOutcome[]> {
+  private async publishMany(batch: readonly Publication[]): Promise<(PublishOutcome | Error)[]> {
     if (batch.length === 1) return [await this.publishOne(batch[0] as Publication)];
     const rows = batch.map(
       (p, k) =>
@@ -959,13 +971,29 @@ export class UploadService {
         EXISTS (SELECT 1 FROM created c WHERE c.k = i.k) AS created
       FROM input i ORDER BY i.k`;
     const compiled = statement.compile(this.db);
-    // Prepared when every publication has the same shape (the usual case: one client's kind of push, many
-    // times), so the number of prepared statements stays bounded; a mixed batch is planned each time.
+    // Prepared when small and every publication has the same shape (the usual case: one client's kind of push,
+    // many times), so the number of prepared statements stays bounded; anything else is planned each time.
     const shapes = new Set(batch.map(eventShape));
-    const result =
-      shapes.size === 1
-        ? await this.prepared.run(`commit_many_${[...shapes][0]}_x${batch.length}`, compiled)
-        : (await this.db.executeQuery(compiled)).rows;
+    let result: (PublishOutcome & { k: number })[];
+    try {
+      result =
+        shapes.size === 1 && batch.length <= PREPARED_BATCH_MAX
+          ? await this.prepared.run(`commit_many_${[...shapes][0]}_x${batch.length}`, compiled)
+          : (await this.db.executeQuery(compiled)).rows;
+    } catch (e) {
+      // Nothing of the statement committed: a conflict with another statement (a deadlock with a batch on another
+      // replica, say) fails only the publications it concerns, each then tried on its own.
+      if (!lostConflict(e)) throw e;
+      this.logger.warn(
+        { err: e, batch: batch.length },
+        'batched commit lost a conflict, committing one by one',
+      );
+      return Promise.all(
+        batch.map((p) =>
+          this.publishOne(p).catch((err: unknown) => (err instanceof Error ? err : new Error(String(err)))),
+        ),
+      );
+    }
     return batch.map((p, k) => {
       const row = result[k];
       if (row?.k !== k) throw new Error(`failed to commit ${p.digest}: the statement returned no row for it`);

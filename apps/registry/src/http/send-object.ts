@@ -7,7 +7,7 @@ import type { ObjectReader } from '@strata/storage';
 const PIECE = 512 * 1024;
 /** Pieces one response may have in flight: read-ahead while the socket drains the ones before. */
 const RING = 4;
-/** Buffers kept for the next responses, so a download does not map and fault in fresh memory for every MiB. */
+/** Buffers kept for the next responses, so a download does not map and fault in fresh memory for every piece. */
 const SPARE_MAX = 4;
 const spare: Buffer[] = [];
 
