@@ -69,4 +69,17 @@ describe('Batcher', () => {
     calls[0]!.finish([1, 2]);
     await expect(one).rejects.toThrow('batch of 1 items answered 2 results');
   });
+
+  it('fails the batch of a run that throws before returning a promise, and goes on with the next', async () => {
+    let calls = 0;
+    const batcher = new Batcher<number, number>(
+      (items) => {
+        if (calls++ === 0) throw new Error('thrown at once');
+        return Promise.resolve(items.map((n) => n * 2));
+      },
+      { maxBatch: 10, maxInFlight: 1 },
+    );
+    await expect(batcher.submit(1)).rejects.toThrow('thrown at once');
+    expect(await batcher.submit(2)).toBe(4);
+  });
 });

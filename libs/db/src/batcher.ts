@@ -49,8 +49,8 @@ export class Batcher<I, O> {
   private async runBatch(batch: readonly Pending<I, O>[]): Promise<void> {
     let results: readonly (O | Error)[];
     try {
-      // Through a promise, so a `run` that throws before its first await fails its batch rather than the batcher.
-      results = await Promise.resolve(batch.map((p) => p.item)).then((items) => this.run(items));
+      // Inside the try, so even a `run` that throws before returning its promise fails only its batch.
+      results = await this.run(batch.map((p) => p.item));
       if (results.length !== batch.length)
         throw new Error(`batch of ${batch.length} items answered ${results.length} results`);
     } catch (e) {
