@@ -75,6 +75,7 @@ describe('the worked queries of docs/queries.md', () => {
     manifests = new ManifestService(t.db, repositories, new PreparedStatements(t.pool));
   });
   afterAll(async () => {
+    await uploads.close();
     t.pool.on('error', () => undefined);
     await t.drop();
     await rm(dataDir, { recursive: true, force: true });
