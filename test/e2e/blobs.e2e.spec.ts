@@ -189,6 +189,33 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
         expect(Buffer.from(await get.arrayBuffer()).equals(data)).toBe(true);
       });
 
+      it('are flushed before their 202 instead with STRATA_DEFER_CHUNK_SYNC=false', async () => {
+        const strict = await startTestApp({ storage, env: { STRATA_DEFER_CHUNK_SYNC: 'false' } });
+        try {
+          const { data, digest } = randomBlob(5000);
+          const post = await fetch(`${strict.url}/v2/strict/blobs/uploads/`, { method: 'POST' });
+          const location = post.headers.get('location')!;
+          const patch = await fetch(`${strict.url}${location}`, {
+            method: 'PATCH',
+            body: data,
+            headers: { 'content-type': 'application/octet-stream' },
+          });
+          expect(patch.status).toBe(202);
+          const chunks = await strict.database.db
+            .selectFrom('upload_chunks')
+            .select('unsynced_boot')
+            .where('upload_id', '=', location.split('/').pop()!)
+            .execute();
+          expect(chunks).toEqual([{ unsynced_boot: null }]);
+          expect((await fetch(`${strict.url}${location}?digest=${digest}`, { method: 'PUT' })).status).toBe(
+            201,
+          );
+          expect(strict.serverErrors()).toEqual([]);
+        } finally {
+          await strict.close();
+        }
+      });
+
       it('whose file is gone make the commit fail with BLOB_UPLOAD_INVALID, not a 500', async () => {
         const { digest, location, chunks } = await twoChunks('deferred/lost');
         await rm(join(t.dataDir, 'storage', chunks[0]!.storage_key));

@@ -40,6 +40,7 @@ export class RegistryModule implements OnApplicationShutdown {
           useFactory: (repos: RepositoryStore) =>
             new UploadService(runtime.db, runtime.storage, repos, runtime.logger, prepared, {
               inlineMax: runtime.config.inlineBlobMax,
+              deferChunkSync: runtime.config.deferChunkSync,
             }),
         },
         {

@@ -43,6 +43,8 @@ export interface CommittedBlob {
 export interface UploadOptions {
   /** A blob of at most this many bytes that arrives in one request is stored in its row; 0: never. */
   readonly inlineMax: number;
+  /** Answer a chunk once written, its flush left to the background and the commit (default true). */
+  readonly deferChunkSync?: boolean;
 }
 
 interface Chunk {
@@ -276,7 +278,8 @@ export class UploadService {
     const native = offset === 0 ? this.hashes.native('sha256') : this.nativeHashes.forkAt(row.id, offset);
     // The chunk is answered once its bytes are written; their flush to disk finishes in the background, and the
     // commit makes sure of it before the blob becomes visible (`syncChunks`).
-    const unsyncedBoot = this.storage.transactional ? null : bootId();
+    const unsyncedBoot =
+      this.storage.transactional || this.options.deferChunkSync === false ? null : bootId();
     let kept = false;
     try {
       const key = chunkKey(row.id, offset);

@@ -168,7 +168,11 @@ export class FilesystemDriver implements BlobStorage {
     const settled = (failed: boolean) => (): void => {
       if (this.flushing.get(key) !== background) return;
       this.flushing.delete(key);
-      if (failed) this.failed.set(key, background);
+      if (!failed) return;
+      this.failed.set(key, background);
+      // Bytes whose flush failed may never reach the disk, and only this process saw the error (another file
+      // descriptor's fsync would not report it): the object goes, so a commit anywhere finds it missing.
+      rm(target, { force: true }).catch(() => undefined);
     };
     background.then(settled(false), settled(true));
     return size;
@@ -185,7 +189,15 @@ export class FilesystemDriver implements BlobStorage {
     for (const key of keys) {
       const path = this.path(key);
       const background = this.flushing.get(key) ?? this.failed.get(key);
-      if (background) await background;
+      if (background) {
+        try {
+          await background;
+        } catch (e) {
+          throw Object.assign(new Error(`failed to flush ${key}, which was removed: ${String(e)}`), {
+            code: 'ENOENT',
+          });
+        }
+      }
       // Flushed again whoever wrote it: another process may have written it and died before its flush.
       const fh = await open(path, constants.O_RDONLY);
       try {

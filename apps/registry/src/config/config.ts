@@ -20,6 +20,8 @@ export interface Config {
   readonly jobsEnabled: boolean;
   /** Blobs up to this many bytes, pushed in one request, are kept in their database row; 0 turns that off. */
   readonly inlineBlobMax: number;
+  /** Answer a chunk before its flush to disk; the commit flushes. Off: every chunk is flushed before its 202. */
+  readonly deferChunkSync: boolean;
 }
 
 export class ConfigError extends Error {
@@ -46,6 +48,7 @@ const KEYS = [
   'STRATA_DB_POOL_MAX',
   'STRATA_JOBS',
   'STRATA_INLINE_BLOB_MAX',
+  'STRATA_DEFER_CHUNK_SYNC',
 ] as const;
 
 const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
@@ -167,5 +170,6 @@ export function loadConfig(env: Source = process.env): Config {
     dbPoolMax: parseIntIn('STRATA_DB_POOL_MAX', get('STRATA_DB_POOL_MAX') ?? '20', 1, 1000),
     jobsEnabled: parseBool('STRATA_JOBS', get('STRATA_JOBS') ?? 'true'),
     inlineBlobMax: parseIntIn('STRATA_INLINE_BLOB_MAX', get('STRATA_INLINE_BLOB_MAX') ?? '65536', 0, 1048576),
+    deferChunkSync: parseBool('STRATA_DEFER_CHUNK_SYNC', get('STRATA_DEFER_CHUNK_SYNC') ?? 'true'),
   };
 }
