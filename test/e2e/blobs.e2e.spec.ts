@@ -144,6 +144,14 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
       return { data, digest, location, id, chunks };
     }
 
+    /** Marks every chunk of the upload as written, unflushed, under `boot`. */
+    const writtenUnder = (id: string, boot: string) =>
+      t.database.db
+        .updateTable('upload_chunks')
+        .set({ unsynced_boot: boot })
+        .where('upload_id', '=', id)
+        .execute();
+
     const put = (location: string, digest: string) =>
       fetch(url(`${location}?digest=${digest}`), { method: 'PUT' });
 
@@ -162,11 +170,7 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
     if (storage === 'filesystem') {
       it('written under another boot are hashed again from storage: bytes lost in a crash are refused', async () => {
         const { digest, location, id, chunks } = await twoChunks('deferred/crashed');
-        await t.database.db
-          .updateTable('upload_chunks')
-          .set({ unsynced_boot: 'before-a-crash' })
-          .where('upload_id', '=', id)
-          .execute();
+        await writtenUnder(id, 'before-a-crash');
         // What a crash may leave of bytes never flushed: a file of the right size holding something else.
         await writeFile(join(t.dataDir, 'storage', chunks[1]!.storage_key), Buffer.alloc(80_000));
         const res = await put(location, digest);
@@ -179,11 +183,7 @@ describe.each(['filesystem', 'postgres'] as const)('blob protocol on %s storage'
 
       it('written under another boot that did survive are committed, after hashing them again', async () => {
         const { data, digest, location, id } = await twoChunks('deferred/survived');
-        await t.database.db
-          .updateTable('upload_chunks')
-          .set({ unsynced_boot: 'another-host' })
-          .where('upload_id', '=', id)
-          .execute();
+        await writtenUnder(id, 'another-host');
         expect((await put(location, digest)).status).toBe(201);
         const get = await fetch(url(`/v2/deferred/survived/blobs/${digest}`));
         expect(Buffer.from(await get.arrayBuffer()).equals(data)).toBe(true);
