@@ -28,8 +28,6 @@ import { streamed } from './reclaim';
 const SYNC_EVERY = 1024 * 1024;
 const WRITE_BATCH = 1024 * 1024;
 const READ_CHUNK = 1024 * 1024;
-/** Deferred flushes one process lets run at once before a new deferred write waits. */
-const MAX_DEFERRED = 4;
 const STALE_TEMP_MS = 24 * 3600 * 1000;
 const PREFIXES = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 
@@ -98,7 +96,6 @@ export class FilesystemDriver implements BlobStorage {
   async write(key: string, source: AsyncIterable<Buffer>, options: WriteOptions = {}): Promise<number> {
     const durable = options.durable ?? true;
     const target = this.path(key);
-    if (!durable) await this.throttle();
     const tmp = join(this.tmp, nonce());
     const fh = await open(tmp, 'wx', 0o644);
     let size = 0;
@@ -176,12 +173,6 @@ export class FilesystemDriver implements BlobStorage {
     };
     background.then(settled(false), settled(true));
     return size;
-  }
-
-  /** Waits while too many deferred flushes are under way: a disk slower than the network holds writers back. */
-  private async throttle(): Promise<void> {
-    while (this.flushing.size >= MAX_DEFERRED)
-      await Promise.race([...this.flushing.values()].map((p) => p.catch(() => undefined)));
   }
 
   async sync(keys: readonly string[]): Promise<void> {
