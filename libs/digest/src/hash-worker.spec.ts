@@ -1,5 +1,7 @@
 import { Readable } from 'node:stream';
 import { createHash, randomBytes } from 'node:crypto';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { NativeHashCache, ResumableSha256 } from './hashers';
 import { HashWorker, tapAsync, type WorkerDigester } from './hash-worker';
 
@@ -77,6 +79,42 @@ describe('HashWorker', () => {
     a.drop();
     expect(a.alive).toBe(false);
     expect(() => a.fork()).toThrow(/no longer alive/);
+  });
+});
+
+describe('HashWorker and the garbage collector', () => {
+  it('keeps a digester that waits for the worker, and whoever awaits it, alive though nothing else refers to them', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const worker = new HashWorker();
+    try {
+      const warm = randomBytes(1 << 20);
+      expect(
+        (await ResumableSha256.create(await worker.continueOver(null, pieces(warm, 1 << 20)))).hex(),
+      ).toBe(sha(warm));
+      // One resumable update of 128 MiB keeps the worker busy for a few hundred milliseconds, so the acks of
+      // what is fed next come late, after the collections below.
+      const busy = worker.continueOver(null, pieces(Buffer.alloc(128 << 20), 128 << 20));
+      await new Promise((r) => setTimeout(r, 100));
+      const data = randomBytes(8 << 20);
+      // Only the promise is kept: the digester, the generator feeding it and this function's frame are reachable
+      // from the worker's bookkeeping alone while it waits (as a request's are, its socket being paused).
+      const fed = (async () => {
+        const d = worker.native('sha256');
+        await feed(d, data, 1 << 20);
+        const hex = await d.digest();
+        d.drop();
+        return hex;
+      })();
+      await new Promise((r) => setImmediate(r));
+      gc();
+      gc();
+      const timeout = new Promise<string>((r) => setTimeout(() => r('never settled'), 10_000).unref());
+      expect(await Promise.race([fed, timeout])).toBe(sha(data));
+      await busy;
+    } finally {
+      await worker.close();
+    }
   });
 });
 

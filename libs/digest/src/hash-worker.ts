@@ -137,6 +137,7 @@ export class WorkerDigester implements AsyncDigester {
     if (!this.staged || this.stagedBytes === 0) return;
     const data = this.staged.buffer as ArrayBuffer;
     this.worker.post({ op: 'nupdate', id: this.id, data, length: this.stagedBytes }, [data]);
+    if (this.inFlight === 0) this.worker.hold(this);
     this.inFlight += this.stagedBytes;
     this.staged = null;
     this.stagedBytes = 0;
@@ -145,11 +146,14 @@ export class WorkerDigester implements AsyncDigester {
   /** @internal the worker hashed `bytes` more. */
   acked(bytes: number): void {
     this.inFlight -= bytes;
-    if (this.waiter && this.inFlight <= MAX_IN_FLIGHT / 2) {
-      const resume = this.waiter;
-      this.waiter = null;
-      resume();
-    }
+    if (this.inFlight === 0) this.worker.letGo(this);
+    if (this.waiter && this.inFlight <= MAX_IN_FLIGHT / 2) this.resume();
+  }
+
+  private resume(): void {
+    const resume = this.waiter;
+    this.waiter = null;
+    resume?.();
   }
 
   /** @internal the worker is gone: nobody may wait on it, and nothing more goes to its successor. */
@@ -158,7 +162,7 @@ export class WorkerDigester implements AsyncDigester {
     this.staged = null;
     this.stagedBytes = 0;
     this.inFlight = 0;
-    this.acked(0);
+    this.resume();
   }
 
   async digest(): Promise<string> {
@@ -178,7 +182,10 @@ export class WorkerDigester implements AsyncDigester {
     if (this.dropped) return;
     this.dropped = true;
     this.staged = null;
+    this.inFlight = 0;
     this.worker.drop(this);
+    // Whoever waited to feed more may go on: a dropped digester takes bytes without hashing them.
+    this.resume();
   }
 }
 
@@ -191,6 +198,13 @@ export class HashWorker {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
   private readonly digesters = new Map<number, WeakRef<WorkerDigester>>();
+  /**
+   * Digesters with bytes on the worker, held strongly until acked. One whose feeder waits for acks may be
+   * reachable from here alone: the feeder's frame, and the request handler awaiting it, hang off the promise the
+   * digester would resolve, and a paused socket refers to none of them. Held weakly, a collection then freed the
+   * whole request mid-body, and it never answered.
+   */
+  private readonly feeding = new Map<number, WorkerDigester>();
   private readonly unreachable = new FinalizationRegistry<number>((id) => this.forget(id));
   private jobs = 0;
   private idleTimer: NodeJS.Timeout | undefined;
@@ -240,6 +254,17 @@ export class HashWorker {
     this.pending.clear();
     for (const ref of this.digesters.values()) ref.deref()?.release();
     this.digesters.clear();
+    this.feeding.clear();
+  }
+
+  /** @internal `digester` has bytes on the worker. */
+  hold(digester: WorkerDigester): void {
+    this.feeding.set(digester.id, digester);
+  }
+
+  /** @internal `digester` has nothing on the worker any more. */
+  letGo(digester: WorkerDigester): void {
+    this.feeding.delete(digester.id);
   }
 
   /** @internal a buffer to gather bytes in, one the worker handed back if there is one. */
@@ -279,6 +304,7 @@ export class HashWorker {
   }
 
   private forget(id: number): void {
+    this.feeding.delete(id);
     if (!this.digesters.delete(id)) return;
     this.worker?.postMessage({ op: 'ndrop', id });
     this.maybeIdle();
