@@ -43,7 +43,7 @@ export async function startRuntime(config: Config, logger: Logger): Promise<Runt
     const storage: BlobStorage =
       config.storage === 'postgres'
         ? new LargeObjectDriver(db)
-        : new FilesystemDriver(join(config.dataDir, 'storage'));
+        : new FilesystemDriver(join(config.dataDir, 'storage'), { directIo: config.directIo });
     await storage.init();
     return { config, logger, pool, db, storage, embedded };
   } catch (e) {

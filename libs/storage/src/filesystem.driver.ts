@@ -21,12 +21,15 @@ import {
   type ObjectReader,
   type WriteOptions,
 } from './blob-storage';
+import { DIRECT_ALIGN, DirectAppender, directWritesWork } from './direct-io';
 import { nonce } from './paths';
 import { streamed } from './reclaim';
 
 /** Flush written data every this many bytes while a write goes on, so the final fsync has little left to do. */
 const SYNC_EVERY = 1024 * 1024;
 const WRITE_BATCH = 1024 * 1024;
+/** Objects larger than this are written with O_DIRECT past it (small ones are not worth a descriptor more). */
+const DIRECT_AFTER = 1024 * 1024;
 const READ_CHUNK = 1024 * 1024;
 const STALE_TEMP_MS = 24 * 3600 * 1000;
 const PREFIXES = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
@@ -46,6 +49,23 @@ function enoent(key: string): NodeJS.ErrnoException {
   return e;
 }
 
+/** `buffers` cut after `n` bytes: the first n, and the rest. */
+function split(buffers: readonly Buffer[], n: number): [Buffer[], Buffer[]] {
+  const head: Buffer[] = [];
+  let i = 0;
+  for (; i < buffers.length && n > 0; i++) {
+    const b = buffers[i]!;
+    if (b.length <= n) {
+      head.push(b);
+      n -= b.length;
+      continue;
+    }
+    head.push(b.subarray(0, n));
+    return [head, [b.subarray(n), ...buffers.slice(i + 1)]];
+  }
+  return [head, buffers.slice(i)];
+}
+
 interface Part {
   readonly path: string;
   readonly start: number;
@@ -61,7 +81,14 @@ export class FilesystemDriver implements BlobStorage {
   /** Deferred flushes that failed, so `sync` reports them until the object is deleted. */
   private readonly failed = new Map<string, Promise<void>>();
 
-  constructor(private readonly root: string) {
+  /** Whether large writes go to the disk directly: asked for, and found to work at `init`. */
+  private directIo: boolean;
+
+  constructor(
+    private readonly root: string,
+    options: { readonly directIo?: boolean } = {},
+  ) {
+    this.directIo = options.directIo ?? true;
     // Each process writes under its own directory: replicas share the root, and one starting must not remove
     // another's writes in progress.
     this.tmp = join(root, 'tmp', nonce());
@@ -70,6 +97,7 @@ export class FilesystemDriver implements BlobStorage {
   async init(): Promise<void> {
     await mkdir(this.tmp, { recursive: true });
     await this.removeStaleTemp();
+    if (this.directIo) this.directIo = await directWritesWork(this.tmp, `direct-${nonce()}`);
     for (const top of ['blobs', 'uploads']) {
       await mkdir(join(this.root, top), { recursive: true });
       await Promise.all(PREFIXES.map((p) => mkdir(join(this.root, top, p), { recursive: true })));
@@ -89,6 +117,11 @@ export class FilesystemDriver implements BlobStorage {
     }
   }
 
+  /** True when large writes bypass the page cache (asked for, and the filesystem took it at `init`). */
+  get directWrites(): boolean {
+    return this.directIo;
+  }
+
   private path(key: string): string {
     return join(this.root, assertKey(key));
   }
@@ -102,14 +135,19 @@ export class FilesystemDriver implements BlobStorage {
     let unsynced = 0;
     let syncing: Promise<void> | undefined;
     let syncFailure: Error | undefined;
+    // Past the first MiB, bytes go to the disk directly (see direct-io.ts); undefined until then, or for good.
+    let direct: DirectAppender | undefined;
+    let directTried = !this.directIo;
     // Socket reads arrive in 16-64 KiB pieces; gathering them into one writev per MiB saves a thread-pool round
     // trip per piece.
     let batch: Buffer[] = [];
     let batchBytes = 0;
-    const flush = async (): Promise<void> => {
-      const pending = batch;
-      batch = [];
-      batchBytes = 0;
+    let written = 0;
+    const flush = async (upTo = size): Promise<void> => {
+      const [pending, rest] = split(batch, upTo - written);
+      batch = rest;
+      batchBytes -= upTo - written;
+      written = upTo;
       while (pending.length) {
         let { bytesWritten } = await fh.writev(pending);
         while (pending.length && bytesWritten >= pending[0]!.length) bytesWritten -= pending.shift()!.length;
@@ -124,12 +162,30 @@ export class FilesystemDriver implements BlobStorage {
     };
     try {
       for await (const chunk of source) {
-        batch.push(chunk);
-        batchBytes += chunk.length;
         size += chunk.length;
         streamed(chunk.length);
+        if (direct) {
+          await direct.append(chunk);
+          continue;
+        }
+        batch.push(chunk);
+        batchBytes += chunk.length;
         unsynced += chunk.length;
-        if (batchBytes >= WRITE_BATCH) await flush();
+        if (batchBytes >= WRITE_BATCH) {
+          if (!directTried && size >= DIRECT_AFTER) {
+            directTried = true;
+            // The ordinary descriptor writes up to a block boundary; the appender takes over from there.
+            const from = size - (size % DIRECT_ALIGN);
+            direct = await DirectAppender.open(tmp, fh, from);
+            if (direct) {
+              await flush(from);
+              for (const rest of batch.splice(0)) await direct.append(rest);
+              batchBytes = 0;
+              continue;
+            }
+          }
+          await flush();
+        }
         if (unsynced >= SYNC_EVERY && syncing === undefined) {
           // One flush at a time, overlapped with receiving the next bytes, and never waited for here: on a slow
           // disk the flushes just cover more bytes each.
@@ -143,13 +199,19 @@ export class FilesystemDriver implements BlobStorage {
           );
         }
       }
-      await flush();
+      if (direct) {
+        const appender = direct;
+        direct = undefined;
+        await appender.finish();
+        if (appender.fellBack) this.directIo = false;
+      } else await flush();
       if (durable) {
         await flushed();
         await fh.close();
       }
       await rename(tmp, target);
     } catch (e) {
+      await direct?.close();
       await syncing;
       await fh.close().catch(() => undefined);
       await rm(tmp, { force: true });

@@ -22,6 +22,7 @@ describe('loadConfig', () => {
     expect(c.storage).toBe('filesystem');
     expect(c.dataDir).toMatch(/\/data$/);
     expect(c.uploadTtlSeconds).toBe(86400);
+    expect(c.directIo).toBe(true);
   });
 
   it.each([
@@ -33,6 +34,7 @@ describe('loadConfig', () => {
     ['DATABASE_URL', 'not a url'],
     ['STRATA_MIGRATE_ON_BOOT', 'maybe'],
     ['STRATA_LOG_LEVEL', 'loud'],
+    ['STRATA_DIRECT_IO', 'sometimes'],
   ])('names %s when it is %j', (key, value) => {
     const e = errorOf(() => loadConfig({ [key]: value }));
     expect(e.key).toBe(key);

@@ -22,6 +22,8 @@ export interface Config {
   readonly inlineBlobMax: number;
   /** Answer a chunk before its flush to disk; the commit flushes. Off: every chunk is flushed before its 202. */
   readonly deferChunkSync: boolean;
+  /** Filesystem driver: write the bulk of large objects with O_DIRECT, past the page cache, where it works. */
+  readonly directIo: boolean;
 }
 
 export class ConfigError extends Error {
@@ -49,6 +51,7 @@ const KEYS = [
   'STRATA_JOBS',
   'STRATA_INLINE_BLOB_MAX',
   'STRATA_DEFER_CHUNK_SYNC',
+  'STRATA_DIRECT_IO',
 ] as const;
 
 const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
@@ -171,5 +174,6 @@ export function loadConfig(env: Source = process.env): Config {
     jobsEnabled: parseBool('STRATA_JOBS', get('STRATA_JOBS') ?? 'true'),
     inlineBlobMax: parseIntIn('STRATA_INLINE_BLOB_MAX', get('STRATA_INLINE_BLOB_MAX') ?? '65536', 0, 1048576),
     deferChunkSync: parseBool('STRATA_DEFER_CHUNK_SYNC', get('STRATA_DEFER_CHUNK_SYNC') ?? 'true'),
+    directIo: parseBool('STRATA_DIRECT_IO', get('STRATA_DIRECT_IO') ?? 'true'),
   };
 }
