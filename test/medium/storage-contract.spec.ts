@@ -416,7 +416,8 @@ describe('FilesystemDriver direct writes', () => {
 
   beforeAll(async () => {
     root = await mkdtemp(join(tmpdir(), 'strata-direct-'));
-    direct = new FilesystemDriver(join(root, 'direct'));
+    // The head of each blob kept in the page cache is 64 MiB by default; 1 MiB here, to test with small objects.
+    direct = new FilesystemDriver(join(root, 'direct'), { cachedHead: MiB });
     buffered = new FilesystemDriver(join(root, 'buffered'), { directIo: false });
     await direct.init();
     await buffered.init();
@@ -450,6 +451,20 @@ describe('FilesystemDriver direct writes', () => {
     expect((await collect(await direct.read(key))).equals(data)).toBe(true);
   });
 
+  it('by default keep the first 64 MiB of each blob cached, counting a chunk from where it sits in its blob', async () => {
+    const storage = new FilesystemDriver(join(root, 'default'));
+    await storage.init();
+    if (!storage.directWrites) return;
+    const data = randomBytes(8 * MiB + 1);
+    const head = chunkKey(randomUUID(), 0);
+    const tail = chunkKey(randomUUID(), 70 * MiB);
+    await storage.write(head, chunksOf(data, 65_537), { blobOffset: 0 });
+    await storage.write(tail, chunksOf(data, 65_537), { blobOffset: 70 * MiB });
+    expect(cached(join(root, 'default', head))).toBeGreaterThanOrEqual(8 * MiB);
+    expect(cached(join(root, 'default', tail))).toBeLessThanOrEqual(MiB + 3 * 4096);
+    for (const key of [head, tail]) expect((await collect(await storage.read(key))).equals(data)).toBe(true);
+  });
+
   // Sizes about the switch to direct writes (after 1 MiB) and the 4 KiB blocks, in slices that cross both.
   it.each([
     ['one byte short of the switch', MiB - 1, 65_537],
@@ -471,6 +486,70 @@ describe('FilesystemDriver direct writes', () => {
         await storage.delete(key);
       }
     }
+  });
+
+  /** Every byte of `key` through `openReader`, in `piece`-sized positional reads from `from` on. */
+  async function readAll(storage: FilesystemDriver, key: string, piece: number, from = 0): Promise<Buffer> {
+    const reader = await storage.openReader(key);
+    try {
+      const out = Buffer.alloc(reader.size - from);
+      for (let pos = from; pos < reader.size; ) {
+        const n = await reader.read(out.subarray(pos - from), Math.min(piece, reader.size - pos), pos);
+        expect(n).toBeGreaterThan(0);
+        expect(n).toBeLessThanOrEqual(piece);
+        pos += n;
+      }
+      expect(await reader.read(Buffer.alloc(10), 10, reader.size)).toBe(0);
+      return out;
+    } finally {
+      await reader.close();
+    }
+  }
+
+  it('are read back through openReader in pieces of any size, from any offset', async () => {
+    const data = randomBytes(9 * MiB + 4321);
+    const key = blobKey(hex());
+    await direct.write(key, chunksOf(data, 65_537));
+    for (const [piece, from] of [
+      [512 * 1024, 0],
+      [100_003, 0],
+      [3 * MiB, 17],
+      [MiB, 5 * MiB - 1],
+      [1, data.length - 1],
+    ] as const) {
+      expect((await readAll(direct, key, piece, from)).equals(data.subarray(from))).toBe(true);
+    }
+    // Backwards and forwards within one reader.
+    const reader = await direct.openReader(key);
+    try {
+      for (const pos of [8 * MiB, 100, 3 * MiB + 5, 3 * MiB + 5, 9 * MiB + 4000, 0]) {
+        const got = Buffer.alloc(1000);
+        const n = await reader.read(got, 1000, pos);
+        expect(got.subarray(0, n).equals(data.subarray(pos, pos + n))).toBe(true);
+        expect(n).toBeGreaterThan(0);
+      }
+    } finally {
+      await reader.close();
+    }
+  });
+
+  it('read composed objects part after part, large and small parts alike', async () => {
+    const sizes = [3 * MiB + 1, 10, 2 * MiB, MiB + 4095, 1];
+    const parts = sizes.map((n) => randomBytes(n));
+    const keys: string[] = [];
+    let offset = 0;
+    const upload = randomUUID();
+    for (const part of parts) {
+      const key = chunkKey(upload, offset);
+      await direct.write(key, chunksOf(part, 65_537));
+      keys.push(key);
+      offset += part.length;
+    }
+    const key = blobKey(hex());
+    await direct.compose(key, keys);
+    const whole = Buffer.concat(parts);
+    expect((await readAll(direct, key, 512 * 1024)).equals(whole)).toBe(true);
+    expect((await readAll(direct, key, 777_777, 3 * MiB)).equals(whole.subarray(3 * MiB))).toBe(true);
   });
 
   it('leave no file and no buffer behind when many writes fail midway at once', async () => {

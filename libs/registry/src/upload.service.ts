@@ -297,7 +297,7 @@ export class UploadService {
               digested = digest(native);
             })
           : body,
-        { durable: unsyncedBoot === null },
+        { durable: unsyncedBoot === null, blobOffset: offset },
       );
       if (written === 0) {
         await this.storage.delete(key);

@@ -11,6 +11,11 @@ export interface ByteRange {
 export interface WriteOptions {
   /** False: resolve once the bytes are written, before they are flushed to disk. Default true. */
   readonly durable?: boolean;
+  /**
+   * Where the object's first byte sits in the blob it is part of (a chunk of an upload), 0 for a whole blob. A
+   * hint for caching: drivers may keep the head of every blob in memory and stream the rest past it.
+   */
+  readonly blobOffset?: number;
 }
 
 /** Random access to one object's bytes, for a sender that brings its own buffers. */

@@ -1,5 +1,6 @@
 import { constants } from 'node:fs';
 import { type FileHandle, open, rm } from 'node:fs/promises';
+import { onQuiet } from './reclaim';
 
 /**
  * Direct I/O (O_DIRECT) for the bulk of large writes.
@@ -53,9 +54,17 @@ class AlignedPool {
   give(buffers: readonly Buffer[]): void {
     this.free.push(...buffers);
   }
+
+  /** Lets the collector have every memory when no buffer is out: a quiet process keeps none of them resident. */
+  releaseIdle(): void {
+    if (this.free.length !== this.made) return;
+    this.free.length = 0;
+    this.made = 0;
+  }
 }
 
 const pool = new AlignedPool();
+onQuiet(() => pool.releaseIdle());
 
 /**
  * True when files under `dir` accept O_DIRECT writes from pooled buffers. False on filesystems that refuse

@@ -28,8 +28,12 @@ import { streamed } from './reclaim';
 /** Flush written data every this many bytes while a write goes on, so the final fsync has little left to do. */
 const SYNC_EVERY = 1024 * 1024;
 const WRITE_BATCH = 1024 * 1024;
-/** Objects larger than this are written with O_DIRECT past it (small ones are not worth a descriptor more). */
-const DIRECT_AFTER = 1024 * 1024;
+/**
+ * The first bytes of every blob are written through the page cache, the rest past it (see direct-io.ts). Most
+ * layers fit, so a pull right after a push is served from memory; the tail of a large layer, which costs more to
+ * put in the cache than the disk takes to write it, is cached only once something reads it (reads are buffered).
+ */
+const CACHED_HEAD = 64 * 1024 * 1024;
 const READ_CHUNK = 1024 * 1024;
 const STALE_TEMP_MS = 24 * 3600 * 1000;
 const PREFIXES = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
@@ -84,11 +88,15 @@ export class FilesystemDriver implements BlobStorage {
   /** Whether large writes go to the disk directly: asked for, and found to work at `init`. */
   private directIo: boolean;
 
+  /** Bytes at the start of each blob written and read through the page cache when `directIo` is on. */
+  private readonly cachedHead: number;
+
   constructor(
     private readonly root: string,
-    options: { readonly directIo?: boolean } = {},
+    options: { readonly directIo?: boolean; readonly cachedHead?: number } = {},
   ) {
     this.directIo = options.directIo ?? true;
+    this.cachedHead = options.cachedHead ?? CACHED_HEAD;
     // Each process writes under its own directory: replicas share the root, and one starting must not remove
     // another's writes in progress.
     this.tmp = join(root, 'tmp', nonce());
@@ -128,6 +136,7 @@ export class FilesystemDriver implements BlobStorage {
 
   async write(key: string, source: AsyncIterable<Buffer>, options: WriteOptions = {}): Promise<number> {
     const durable = options.durable ?? true;
+    const blobOffset = options.blobOffset ?? 0;
     const target = this.path(key);
     const tmp = join(this.tmp, nonce());
     const fh = await open(tmp, 'wx', 0o644);
@@ -172,7 +181,7 @@ export class FilesystemDriver implements BlobStorage {
         batchBytes += chunk.length;
         unsynced += chunk.length;
         if (batchBytes >= WRITE_BATCH) {
-          if (!directTried && size >= DIRECT_AFTER) {
+          if (!directTried && blobOffset + size >= this.cachedHead) {
             directTried = true;
             // The ordinary descriptor writes up to a block boundary; the appender takes over from there.
             const from = size - (size % DIRECT_ALIGN);

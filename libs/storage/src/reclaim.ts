@@ -29,6 +29,13 @@ const QUIET_CHECK_MS = 1000;
 /** Below this share of the last interval spent busy, the process counts as quiet. */
 const QUIET_UTILIZATION = 0.02;
 
+const quietHooks: (() => void)[] = [];
+
+/** Runs `release` whenever the process goes quiet after a burst, just before the full collection. */
+export function onQuiet(release: () => void): void {
+  quietHooks.push(release);
+}
+
 /**
  * After a burst of work, once the process has gone quiet, runs one full collection so the heap the burst grew is
  * handed back rather than kept until the next burst finds it. Returns a function that stops it.
@@ -43,6 +50,7 @@ export function collectWhenQuiet(): () => void {
     if (utilization > QUIET_UTILIZATION) busy = true;
     else if (busy) {
       busy = false;
+      for (const release of quietHooks) release();
       collect();
     }
   }, QUIET_CHECK_MS);
