@@ -28,6 +28,8 @@ import { streamed } from './reclaim';
 /** Flush written data every this many bytes while a write goes on, so the final fsync has little left to do. */
 const SYNC_EVERY = 1024 * 1024;
 const WRITE_BATCH = 1024 * 1024;
+/** Objects `sync` flushes at once (each flush waits on the thread pool and the disk, not on this thread). */
+const SYNC_PARALLEL = 8;
 /**
  * The first bytes of every blob are written through the page cache, the rest past it (see direct-io.ts). Most
  * layers fit, so a pull right after a push is served from memory; the tail of a large layer, which costs more to
@@ -247,29 +249,38 @@ export class FilesystemDriver implements BlobStorage {
   }
 
   async sync(keys: readonly string[]): Promise<void> {
+    // Several at once: an upload of many chunks waits for the slowest flush, not for the sum of them.
+    const queue = [...new Set(keys)];
     const dirs = new Set<string>();
-    for (const key of keys) {
-      const path = this.path(key);
-      const background = this.flushing.get(key) ?? this.failed.get(key);
-      if (background) {
-        try {
-          await background;
-        } catch (e) {
-          throw Object.assign(new Error(`failed to flush ${key}, which was removed: ${String(e)}`), {
-            code: 'ENOENT',
-          });
-        }
+    const worker = async (): Promise<void> => {
+      for (let key = queue.shift(); key !== undefined; key = queue.shift()) {
+        await this.syncOne(key);
+        dirs.add(dirname(this.path(key)));
       }
-      // Flushed again whoever wrote it: another process may have written it and died before its flush.
-      const fh = await open(path, constants.O_RDONLY);
+    };
+    await Promise.all(Array.from({ length: Math.min(SYNC_PARALLEL, queue.length) }, worker));
+    await Promise.all([...dirs].map((dir) => fsyncDir(dir)));
+  }
+
+  private async syncOne(key: string): Promise<void> {
+    const path = this.path(key);
+    const background = this.flushing.get(key) ?? this.failed.get(key);
+    if (background) {
       try {
-        await fh.datasync();
-      } finally {
-        await fh.close();
+        await background;
+      } catch (e) {
+        throw Object.assign(new Error(`failed to flush ${key}, which was removed: ${String(e)}`), {
+          code: 'ENOENT',
+        });
       }
-      dirs.add(dirname(path));
     }
-    for (const dir of dirs) await fsyncDir(dir);
+    // Flushed again whoever wrote it: another process may have written it and died before its flush.
+    const fh = await open(path, constants.O_RDONLY);
+    try {
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
   }
 
   async compose(key: string, parts: readonly string[]): Promise<void> {
