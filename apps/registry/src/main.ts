@@ -2,7 +2,7 @@
 import './threadpool';
 import 'reflect-metadata';
 import { createDb, createPool, migrate } from '@strata/db';
-import { collectWhenQuiet } from '@strata/storage';
+import { collectWhenQuiet, FilesystemDriver } from '@strata/storage';
 import { ConfigError, loadConfig, type Config } from './config/config';
 import { createApp } from './http/create-app';
 import { createLogger } from './http/logger';
@@ -44,6 +44,7 @@ async function serve(config: Config): Promise<void> {
       host: config.host,
       port: config.port,
       storage: config.storage,
+      ...(runtime.storage instanceof FilesystemDriver ? { directWrites: runtime.storage.directWrites } : {}),
       database: runtime.embedded ? 'embedded' : 'external',
     },
     'strata listening',

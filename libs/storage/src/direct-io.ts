@@ -39,9 +39,20 @@ class AlignedPool {
   private readonly free: Buffer[] = [];
   private made = 0;
 
+  /** Buffers lent out and not yet given back. */
+  get lent(): number {
+    return this.made - this.free.length;
+  }
+
   take(n: number): Buffer[] | undefined {
     while (this.free.length < n && this.made < MAX_BUFFERS) {
-      const memory = new WebAssembly.Memory({ initial: (SLAB_BUFFERS * DIRECT_BUFFER) / WASM_PAGE });
+      let memory: { readonly buffer: ArrayBuffer };
+      try {
+        memory = new WebAssembly.Memory({ initial: (SLAB_BUFFERS * DIRECT_BUFFER) / WASM_PAGE });
+      } catch {
+        // Each memory reserves address space; where a limit refuses it, writes stay buffered.
+        break;
+      }
       // Reversed so the lowest addresses go first (the free list is a stack).
       for (let i = SLAB_BUFFERS - 1; i >= 0; i--)
         this.free.push(Buffer.from(memory.buffer, i * DIRECT_BUFFER, DIRECT_BUFFER));
@@ -66,9 +77,15 @@ class AlignedPool {
 const pool = new AlignedPool();
 onQuiet(() => pool.releaseIdle());
 
+/** Aligned buffers lent out by the process's pool (0 once every direct write has ended). */
+export function directBuffersLent(): number {
+  return pool.lent;
+}
+
 /**
- * True when files under `dir` accept O_DIRECT writes from pooled buffers. False on filesystems that refuse
- * O_DIRECT (EINVAL at open or at the first write) and when no buffer can be had.
+ * True when files under `dir` accept O_DIRECT writes from pooled buffers. False when anything in the way fails:
+ * a filesystem that refuses O_DIRECT (EINVAL at open or at the first write), one that refuses it otherwise (a
+ * FUSE filesystem's EPERM, say), no buffer to be had. Writes are then buffered, which always works.
  */
 export async function directWritesWork(dir: string, probeName: string): Promise<boolean> {
   const path = `${dir}/${probeName}`;
@@ -83,13 +100,12 @@ export async function directWritesWork(dir: string, probeName: string): Promise<
     );
     const { bytesWritten } = await fh.write(buffers[0]!, 0, DIRECT_ALIGN, 0);
     return bytesWritten === DIRECT_ALIGN;
-  } catch (e) {
-    if (refused(e)) return false;
-    throw e;
+  } catch {
+    return false;
   } finally {
     pool.give(buffers);
-    await fh?.close();
-    await rm(path, { force: true });
+    await fh?.close().catch(() => undefined);
+    await rm(path, { force: true }).catch(() => undefined);
   }
 }
 

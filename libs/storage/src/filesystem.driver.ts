@@ -146,7 +146,7 @@ export class FilesystemDriver implements BlobStorage {
     let unsynced = 0;
     let syncing: Promise<void> | undefined;
     let syncFailure: Error | undefined;
-    // Past the first MiB, bytes go to the disk directly (see direct-io.ts); undefined until then, or for good.
+    // Past the blob's cached head, bytes go to the disk directly (see direct-io.ts); undefined until then.
     let direct: DirectAppender | undefined;
     let directTried = !this.directIo;
     // Socket reads arrive in 16-64 KiB pieces; gathering them into one writev per MiB saves a thread-pool round
@@ -252,13 +252,23 @@ export class FilesystemDriver implements BlobStorage {
     // Several at once: an upload of many chunks waits for the slowest flush, not for the sum of them.
     const queue = [...new Set(keys)];
     const dirs = new Set<string>();
+    let failed = false;
     const worker = async (): Promise<void> => {
-      for (let key = queue.shift(); key !== undefined; key = queue.shift()) {
-        await this.syncOne(key);
+      for (let key = queue.shift(); key !== undefined && !failed; key = queue.shift()) {
+        try {
+          await this.syncOne(key);
+        } catch (e) {
+          failed = true;
+          throw e;
+        }
         dirs.add(dirname(this.path(key)));
       }
     };
-    await Promise.all(Array.from({ length: Math.min(SYNC_PARALLEL, queue.length) }, worker));
+    // On a failure the other flushes under way end before it is reported, and no new one starts.
+    const results = await Promise.allSettled(
+      Array.from({ length: Math.min(SYNC_PARALLEL, queue.length) }, worker),
+    );
+    for (const r of results) if (r.status === 'rejected') throw r.reason;
     await Promise.all([...dirs].map((dir) => fsyncDir(dir)));
   }
 

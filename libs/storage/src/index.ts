@@ -2,4 +2,5 @@ export * from './blob-storage';
 export * from './filesystem.driver';
 export * from './large-object.driver';
 export * from './paths';
+export { directBuffersLent } from './direct-io';
 export { collectWhenQuiet } from './reclaim';
