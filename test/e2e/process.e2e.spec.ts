@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, statfs } from 'node:fs/promises';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -148,7 +148,17 @@ describe('the strata process', () => {
     const crashDir = await mkdtemp(join(tmpdir(), 'strata-crash-'));
     const db = await createTestDatabase();
     try {
-      const server = await startServer({ DATABASE_URL: db.url, STRATA_DATA_DIR: crashDir });
+      // Direct writes past each blob's first MiB, so the kill also lands among O_DIRECT writes.
+      const env = { DATABASE_URL: db.url, STRATA_DATA_DIR: crashDir, STRATA_DIRECT_IO_AFTER: '1048576' };
+      const server = await startServer(env);
+      // ext4, xfs, btrfs take O_DIRECT: there the server must have turned it on.
+      if ([0xef53, 0x58465342, 0x9123683e].includes((await statfs(crashDir)).type)) {
+        // The line may reach the pipe just after the server first answers.
+        const listening = (): Record<string, unknown> | undefined =>
+          server.lines.find((l) => l.msg === 'strata listening');
+        for (let i = 0; i < 100 && !listening(); i++) await new Promise((r) => setTimeout(r, 20));
+        expect(listening()?.directWrites).toBe(true);
+      }
       const committed: { repo: string; digest: string }[] = [];
       const blobs = Array.from({ length: 40 }, (_, i) => {
         // Every fifth is small enough to be kept in its row; the rest are files.
@@ -176,7 +186,7 @@ describe('the strata process', () => {
       await server.exited;
       expect(committed.length).toBeGreaterThan(0);
 
-      const again = await startServer({ DATABASE_URL: db.url, STRATA_DATA_DIR: crashDir });
+      const again = await startServer(env);
       try {
         for (const c of committed) {
           const res = await fetch(`${again.url}/v2/${c.repo}/blobs/${c.digest}`);

@@ -43,7 +43,10 @@ export async function startRuntime(config: Config, logger: Logger): Promise<Runt
     const storage: BlobStorage =
       config.storage === 'postgres'
         ? new LargeObjectDriver(db)
-        : new FilesystemDriver(join(config.dataDir, 'storage'), { directIo: config.directIo });
+        : new FilesystemDriver(join(config.dataDir, 'storage'), {
+            directIo: config.directIo,
+            cachedHead: config.directIoAfter,
+          });
     await storage.init();
     return { config, logger, pool, db, storage, embedded };
   } catch (e) {

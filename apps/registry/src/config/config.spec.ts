@@ -23,6 +23,7 @@ describe('loadConfig', () => {
     expect(c.dataDir).toMatch(/\/data$/);
     expect(c.uploadTtlSeconds).toBe(86400);
     expect(c.directIo).toBe(true);
+    expect(c.directIoAfter).toBe(64 * 1024 * 1024);
   });
 
   it.each([
@@ -35,6 +36,7 @@ describe('loadConfig', () => {
     ['STRATA_MIGRATE_ON_BOOT', 'maybe'],
     ['STRATA_LOG_LEVEL', 'loud'],
     ['STRATA_DIRECT_IO', 'sometimes'],
+    ['STRATA_DIRECT_IO_AFTER', '64M'],
   ])('names %s when it is %j', (key, value) => {
     const e = errorOf(() => loadConfig({ [key]: value }));
     expect(e.key).toBe(key);

@@ -24,6 +24,8 @@ export interface Config {
   readonly deferChunkSync: boolean;
   /** Filesystem driver: write the bulk of large objects with O_DIRECT, past the page cache, where it works. */
   readonly directIo: boolean;
+  /** With `directIo`: bytes at the start of each blob still written through the page cache. */
+  readonly directIoAfter: number;
 }
 
 export class ConfigError extends Error {
@@ -52,6 +54,7 @@ const KEYS = [
   'STRATA_INLINE_BLOB_MAX',
   'STRATA_DEFER_CHUNK_SYNC',
   'STRATA_DIRECT_IO',
+  'STRATA_DIRECT_IO_AFTER',
 ] as const;
 
 const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
@@ -175,5 +178,11 @@ export function loadConfig(env: Source = process.env): Config {
     inlineBlobMax: parseIntIn('STRATA_INLINE_BLOB_MAX', get('STRATA_INLINE_BLOB_MAX') ?? '65536', 0, 1048576),
     deferChunkSync: parseBool('STRATA_DEFER_CHUNK_SYNC', get('STRATA_DEFER_CHUNK_SYNC') ?? 'true'),
     directIo: parseBool('STRATA_DIRECT_IO', get('STRATA_DIRECT_IO') ?? 'true'),
+    directIoAfter: parseIntIn(
+      'STRATA_DIRECT_IO_AFTER',
+      get('STRATA_DIRECT_IO_AFTER') ?? '67108864',
+      0,
+      2 ** 40,
+    ),
   };
 }
