@@ -39,6 +39,11 @@ class AlignedPool {
   private readonly free: Buffer[] = [];
   private made = 0;
 
+  /** Buffers made and not released, lent out or free. */
+  get held(): number {
+    return this.made;
+  }
+
   /** Buffers lent out and not yet given back. */
   get lent(): number {
     return this.made - this.free.length;
@@ -66,11 +71,19 @@ class AlignedPool {
     this.free.push(...buffers);
   }
 
-  /** Lets the collector have every memory when no buffer is out: a quiet process keeps none of them resident. */
+  /**
+   * Lets the collector have every memory none of whose buffers is lent out: a quiet process keeps no more of them
+   * resident than its uploads still under way hold.
+   */
   releaseIdle(): void {
-    if (this.free.length !== this.made) return;
+    const freeIn = new Map<ArrayBufferLike, number>();
+    for (const b of this.free) freeIn.set(b.buffer, (freeIn.get(b.buffer) ?? 0) + 1);
+    const idle = new Set([...freeIn].filter(([, n]) => n === SLAB_BUFFERS).map(([memory]) => memory));
+    if (idle.size === 0) return;
+    const kept = this.free.filter((b) => !idle.has(b.buffer));
     this.free.length = 0;
-    this.made = 0;
+    this.free.push(...kept);
+    this.made -= idle.size * SLAB_BUFFERS;
   }
 }
 
@@ -80,6 +93,16 @@ onQuiet(() => pool.releaseIdle());
 /** Aligned buffers lent out by the process's pool (0 once every direct write has ended). */
 export function directBuffersLent(): number {
   return pool.lent;
+}
+
+/** Aligned buffers the process's pool holds memory for, lent out or not. */
+export function directBuffersHeld(): number {
+  return pool.held;
+}
+
+/** What the process does when it goes quiet: gives up the memories of the pool that no write is using. */
+export function releaseIdleDirectBuffers(): void {
+  pool.releaseIdle();
 }
 
 /**
