@@ -25,8 +25,44 @@ function fromHttpStatus(status: number): ErrorName {
   }
 }
 
+/**
+ * SQLSTATE classes and codes of a database that is away or overloaded for a while: connection exceptions (08),
+ * insufficient resources (53), operator intervention (57: shutdown, restart, a cancelled or timed-out statement),
+ * serialization failures and deadlocks (40001, 40P01). The request may succeed when tried again.
+ */
+const TRANSIENT_SQLSTATE = /^(08|53|57)|^40001$|^40P01$/;
+/** What the pg driver and its pool throw, without a SQLSTATE, when a connection cannot be had or is lost. */
+const LOST_CONNECTION =
+  /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error)/;
+
+/** Socket errors of a database that cannot be reached (the registry's other sockets never throw into handlers). */
+const UNREACHABLE = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+]);
+
+/** True for failures of the database that a client should retry rather than report (503, not 500). */
+export function databaseUnavailable(error: unknown): boolean {
+  const { code, message, severity } = (error ?? {}) as {
+    code?: unknown;
+    message?: unknown;
+    severity?: unknown;
+  };
+  // A PostgreSQL error carries its severity and SQLSTATE.
+  if (typeof severity === 'string' && typeof code === 'string') return TRANSIENT_SQLSTATE.test(code);
+  if (typeof code === 'string' && UNREACHABLE.has(code)) return true;
+  return typeof message === 'string' && LOST_CONNECTION.test(message);
+}
+
 export function toRegistryError(error: unknown): RegistryError {
   if (error instanceof RegistryError) return error;
+  if (databaseUnavailable(error)) {
+    return new RegistryError('UNAVAILABLE', 'the database is unavailable; try again', { 'Retry-After': '1' });
+  }
   if (error instanceof HttpException)
     return new RegistryError(fromHttpStatus(error.getStatus()), error.message);
   const status = (error as { statusCode?: unknown })?.statusCode;

@@ -1,0 +1,82 @@
+import pg from 'pg';
+import { toRegistryError } from '../../apps/registry/src/http/oci-exception.filter';
+import { createTestDatabase, type TestDatabase } from '../support/test-database';
+
+/** The error `run` fails with. */
+async function failure(run: () => Promise<unknown>): Promise<unknown> {
+  try {
+    await run();
+  } catch (e) {
+    return e;
+  }
+  throw new Error('expected a failure');
+}
+
+describe('database failures are answered 503 UNAVAILABLE, to be retried, not 500', () => {
+  let t: TestDatabase;
+  let client: pg.Client;
+
+  beforeAll(async () => {
+    t = await createTestDatabase();
+  });
+  beforeEach(async () => {
+    client = new pg.Client({ connectionString: t.url });
+    client.on('error', () => undefined);
+    await client.connect();
+  });
+  afterEach(async () => {
+    await client.end().catch(() => undefined);
+  });
+  afterAll(async () => {
+    t.pool.on('error', () => undefined);
+    await t.drop();
+  });
+
+  const expectUnavailable = (e: unknown): void => {
+    const r = toRegistryError(e);
+    expect({ status: r.status, code: r.code, retry: r.headers?.['Retry-After'] }).toEqual({
+      status: 503,
+      code: 'UNAVAILABLE',
+      retry: '1',
+    });
+  };
+
+  it('a statement that ran out of time (57014)', async () => {
+    await client.query('SET statement_timeout = 20');
+    const e = await failure(() => client.query('SELECT pg_sleep(2)'));
+    expect((e as { code?: string }).code).toBe('57014');
+    expectUnavailable(e);
+  });
+
+  it('a connection the server ended under a statement (57P01, as in a restart or failover)', async () => {
+    const { rows } = await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    const killer = new pg.Client({ connectionString: t.url });
+    await killer.connect();
+    try {
+      const sleeping = failure(() => client.query('SELECT pg_sleep(5)'));
+      await new Promise((r) => setTimeout(r, 100));
+      await killer.query('SELECT pg_terminate_backend($1)', [rows[0]!.pid]);
+      const e = await sleeping;
+      expect((e as { code?: string }).code).toBe('57P01');
+      expectUnavailable(e);
+      // The connection is gone now: what the next statement on it gets is a lost connection too.
+      expectUnavailable(await failure(() => client.query('SELECT 1')));
+    } finally {
+      await killer.end();
+    }
+  });
+
+  it('a database that cannot be reached', async () => {
+    const nowhere = new pg.Client({ host: '127.0.0.1', port: 1, user: 'postgres', database: 'postgres' });
+    expectUnavailable(await failure(() => nowhere.connect()));
+  });
+
+  it('but a statement that is wrong is still a 500 of ours', async () => {
+    for (const e of [
+      await failure(() => client.query('SELEC 1')),
+      await failure(() => client.query('SELECT 1/0')),
+    ]) {
+      expect(toRegistryError(e).status).toBe(500);
+    }
+  });
+});
