@@ -373,39 +373,55 @@ export class FilesystemDriver implements BlobStorage {
   async openReader(key: string): Promise<ObjectReader> {
     const parts = await this.parts(key);
     const size = parts.reduce((n, p) => n + p.size, 0);
-    // One part open at a time: a blob assembled from thousands of chunks must not hold thousands of descriptors.
-    let current: { index: number; handle: FileHandle } | null = null;
-    const handleFor = async (index: number): Promise<FileHandle> => {
-      if (current?.index === index) return current.handle;
-      const previous = current;
-      current = null;
-      await previous?.handle.close();
-      try {
-        current = { index, handle: await open(parts[index]!.path, 'r') };
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw enoent(key);
-        throw e;
+    // Reads may run at once (a sender reads ahead), so a part stays open while a read of it is under way. A part
+    // is closed once no read uses it and a later one is open: a blob assembled from thousands of chunks does not
+    // hold thousands of descriptors.
+    const opened = new Map<number, { readonly handle: Promise<FileHandle>; busy: number }>();
+    const closeHandle = (entry: { readonly handle: Promise<FileHandle> }): Promise<void> =>
+      entry.handle.then(
+        (h) => h.close(),
+        () => undefined,
+      );
+    const closeBehind = (index: number): void => {
+      for (const [i, entry] of opened) {
+        if (i < index && entry.busy === 0) {
+          opened.delete(i);
+          void closeHandle(entry).catch(() => undefined);
+        }
       }
-      return current.handle;
     };
     return {
       size,
       async read(buffer: Buffer, length: number, position: number): Promise<number> {
         // The part holding `position`; a read stops at its end, and the caller asks again for the rest.
-        for (let i = 0; i < parts.length; i++) {
-          const part = parts[i]!;
-          if (position >= part.start + part.size) continue;
+        const i = parts.findIndex((p) => position < p.start + p.size);
+        if (i < 0) return 0;
+        const part = parts[i]!;
+        let entry = opened.get(i);
+        if (!entry) {
+          const handle = open(part.path, 'r').catch((e: unknown) => {
+            if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw enoent(key);
+            throw e;
+          });
+          handle.catch(() => undefined);
+          entry = { handle, busy: 0 };
+          opened.set(i, entry);
+        }
+        entry.busy++;
+        try {
           const within = position - part.start;
-          const handle = await handleFor(i);
+          const handle = await entry.handle;
           const { bytesRead } = await handle.read(buffer, 0, Math.min(length, part.size - within), within);
           return bytesRead;
+        } finally {
+          entry.busy--;
+          closeBehind(i);
         }
-        return 0;
       },
       async close(): Promise<void> {
-        const last = current;
-        current = null;
-        await last?.handle.close();
+        const entries = [...opened.values()];
+        opened.clear();
+        await Promise.all(entries.map(closeHandle));
       },
     };
   }

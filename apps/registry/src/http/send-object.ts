@@ -35,11 +35,29 @@ export interface ObjectResponse {
   readonly end: number;
 }
 
+/** Reads until `buffer[0, length)` holds the bytes at `position`, or the object ends; resolves with the count. */
+async function readFully(
+  reader: ObjectReader,
+  buffer: Buffer,
+  length: number,
+  position: number,
+): Promise<number> {
+  let got = 0;
+  while (got < length) {
+    const n = await reader.read(got ? buffer.subarray(got) : buffer, length - got, position + got);
+    if (n === 0) break;
+    got += n;
+  }
+  return got;
+}
+
 /**
- * Sends bytes [start, end] of an object by reading into a small ring of reused buffers and writing each to the
- * socket, a buffer being read into again only once the socket has taken it. Compared with piping a file stream,
- * which allocates a new buffer for every read, this needs about a quarter less CPU per byte, which is what
- * downloads are short of when a client on the same machine is hashing what it receives.
+ * Sends bytes [start, end] of an object through a small ring of reused buffers: each buffer is read into while
+ * the others are on their way to the socket, and read into again only once the socket has taken it. Compared
+ * with piping a file stream, which allocates a new buffer for every read, this needs about a quarter less CPU per
+ * byte, which is what downloads are short of when a client on the same machine is hashing what it receives. The
+ * reads of all the ring's buffers are under way at once: bytes not yet in the page cache (the tail of a blob
+ * written past it) cost the kernel a fresh page per 4 KiB, and four readers fill them about twice as fast as one.
  *
  * The reply is hijacked; the headers already set on it (request id, API version) go out with `headers`. Once
  * the status line is out, a failure can only be signalled by cutting the connection, so that is what happens.
@@ -55,19 +73,36 @@ export async function sendObject(
   for (const [k, v] of Object.entries(reply.getHeaders())) if (v !== undefined) outgoing[k] = String(v);
   const buffers: Buffer[] = [];
   const inFlight: Promise<void>[] = Array.from({ length: RING }, () => Promise.resolve());
+  const reads: Promise<number>[] = [];
   // A write queued on a socket that is already gone may never call back; its closing ends every wait.
   const closed = new Promise<void>((resolve) => res.once('close', resolve));
-  let pos = response.start;
+  let scheduled = response.start;
+  let sent = response.start;
+  /** Reads the next piece into slot `i` once the socket has taken what the slot held. */
+  const schedule = (i: number): void => {
+    if (scheduled > response.end) return;
+    const position = scheduled;
+    const length = Math.min(PIECE, response.end + 1 - position);
+    scheduled += length;
+    const buffer = (buffers[i] ??= take());
+    const read = inFlight[i]!.then(() =>
+      res.destroyed ? length : readFully(reader, buffer, length, position),
+    );
+    // Awaited in turn below; marked handled so a failure ahead of its turn is not reported twice.
+    read.catch(() => undefined);
+    reads[i] = read;
+  };
   try {
     reply.hijack();
     res.writeHead(response.status, { ...outgoing, ...response.headers });
-    for (let i = 0; pos <= response.end; i = (i + 1) % RING) {
-      await inFlight[i];
+    for (let i = 0; i < RING; i++) schedule(i);
+    for (let i = 0; sent <= response.end; i = (i + 1) % RING) {
+      const length = Math.min(PIECE, response.end + 1 - sent);
+      const n = await reads[i]!;
       if (res.destroyed) return;
-      const buffer = (buffers[i] ??= take());
-      const n = await reader.read(buffer, Math.min(PIECE, response.end + 1 - pos), pos);
-      if (n === 0) throw new Error(`object ends at ${pos}, before byte ${response.end}`);
-      pos += n;
+      if (n < length) throw new Error(`object ends at ${sent + n}, before byte ${response.end}`);
+      sent += n;
+      const buffer = buffers[i]!;
       // The callback also runs, with an error, when the response is destroyed: so this never waits forever.
       inFlight[i] = Promise.race([
         new Promise<void>((resolve) => {
@@ -75,14 +110,17 @@ export async function sendObject(
         }),
         closed,
       ]);
+      schedule(i);
       if (res.writableNeedDrain) await drainedOrClosed(res);
     }
     await Promise.all(inFlight);
     res.end();
   } catch (err) {
-    logger.error({ err, sent: pos - response.start }, 'failed to send object');
+    logger.error({ err, sent: sent - response.start }, 'failed to send object');
     res.destroy();
   } finally {
+    // No read may land in a buffer, or use the reader, after this returns.
+    await Promise.allSettled(reads);
     await reader.close().catch(() => undefined);
     await Promise.all(inFlight);
     // A response cut short may have left writes that never called back: its buffers are left to the collector.
