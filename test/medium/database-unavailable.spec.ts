@@ -1,3 +1,5 @@
+import { createServer, request } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import pg from 'pg';
 import { toRegistryError } from '../../apps/registry/src/http/oci-exception.filter';
 import { createTestDatabase, type TestDatabase } from '../support/test-database';
@@ -69,6 +71,33 @@ describe('database failures are answered 503 UNAVAILABLE, to be retried, not 500
   it('a database that cannot be reached', async () => {
     const nowhere = new pg.Client({ host: '127.0.0.1', port: 1, user: 'postgres', database: 'postgres' });
     expectUnavailable(await failure(() => nowhere.connect()));
+  });
+
+  it('but a client hanging up mid-body is not the database', async () => {
+    // A real request body cut off by its client: Node fails it with ECONNRESET ("aborted").
+    const bodyError = new Promise<unknown>((resolve) => {
+      const server = createServer((req) => {
+        req.on('error', (e) => {
+          resolve(e);
+          server.close();
+        });
+        req.resume();
+      });
+      server.listen(0, '127.0.0.1', () => {
+        const { port } = server.address() as AddressInfo;
+        const client = request({
+          host: '127.0.0.1',
+          port,
+          method: 'PUT',
+          headers: { 'content-length': '1000000' },
+        });
+        client.on('error', () => undefined);
+        client.write(Buffer.alloc(1000), () => setTimeout(() => client.destroy(), 50));
+      });
+    });
+    const e = await bodyError;
+    expect((e as { code?: string }).code).toBe('ECONNRESET');
+    expect(toRegistryError(e).status).not.toBe(503);
   });
 
   it('but a statement that is wrong is still a 500 of ours', async () => {

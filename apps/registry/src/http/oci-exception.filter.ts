@@ -35,15 +35,11 @@ const TRANSIENT_SQLSTATE = /^(08|53|57)|^40001$|^40P01$/;
 const LOST_CONNECTION =
   /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error)/;
 
-/** Socket errors of a database that cannot be reached (the registry's other sockets never throw into handlers). */
-const UNREACHABLE = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ETIMEDOUT',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'EAI_AGAIN',
-]);
+/**
+ * Errors of a connection to the database that cannot be made. Only errors of connecting: a client that hangs up
+ * mid-request fails its body with ECONNRESET, which is not the database's doing.
+ */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN']);
 
 /** True for failures of the database that a client should retry rather than report (503, not 500). */
 export function databaseUnavailable(error: unknown): boolean {
