@@ -88,7 +88,6 @@ class AlignedPool {
 }
 
 const pool = new AlignedPool();
-onQuiet(() => pool.releaseIdle());
 
 /** Aligned buffers lent out by the process's pool (0 once every direct write has ended). */
 export function directBuffersLent(): number {
@@ -104,6 +103,7 @@ export function directBuffersHeld(): number {
 export function releaseIdleDirectBuffers(): void {
   pool.releaseIdle();
 }
+onQuiet(releaseIdleDirectBuffers);
 
 /**
  * True when files under `dir` accept O_DIRECT writes from pooled buffers. False when anything in the way fails:
