@@ -1,6 +1,7 @@
 import { createServer, request } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import pg from 'pg';
+import { createPool } from '@strata/db';
 import { toRegistryError } from '../../apps/registry/src/http/oci-exception.filter';
 import { createTestDatabase, type TestDatabase } from '../support/test-database';
 
@@ -106,6 +107,50 @@ describe('database failures are answered 503 UNAVAILABLE, to be retried, not 500
       await failure(() => client.query('SELECT 1/0')),
     ]) {
       expect(toRegistryError(e).status).toBe(500);
+    }
+  });
+});
+
+describe('a pool connection the server ends while a caller holds it', () => {
+  let t: TestDatabase;
+  beforeAll(async () => {
+    t = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await t.drop();
+  });
+
+  it('is reported, not thrown at the process, and the pool goes on with a new one', async () => {
+    const lost: Error[] = [];
+    const pool = createPool({ connectionString: t.url, max: 2, onConnectionLost: (e) => lost.push(e) });
+    const killer = new pg.Client({ connectionString: t.url });
+    await killer.connect();
+    try {
+      // Held between two statements, as a transaction or a job's lock holds it: no statement is running.
+      const held = await pool.connect();
+      const { rows } = await held.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      await killer.query('SELECT pg_terminate_backend($1)', [rows[0]!.pid]);
+      // Without a listener of ours this error event has none: in the server process that is an uncaught
+      // exception (the e2e failover test sees the process die).
+      for (let i = 0; i < 100 && lost.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(lost.map((e) => (e as { code?: string }).code)).toEqual(['57P01']);
+      const next = await failure(() => held.query('SELECT 1'));
+      expect(toRegistryError(next).status).toBe(503);
+      held.release();
+      const again = await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      expect(again.rows[0]!.pid).not.toBe(rows[0]!.pid);
+
+      // An idle connection ended the same way is reported once, through the same callback.
+      const idle = await pool.connect();
+      const idlePid = (await idle.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+      idle.release();
+      await killer.query('SELECT pg_terminate_backend($1)', [idlePid]);
+      for (let i = 0; i < 100 && lost.length === 1; i++) await new Promise((r) => setTimeout(r, 20));
+      await new Promise((r) => setTimeout(r, 100));
+      expect(lost).toHaveLength(2);
+    } finally {
+      await killer.end();
+      await pool.end();
     }
   });
 });

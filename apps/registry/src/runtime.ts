@@ -32,8 +32,11 @@ export async function startDatabase(
 
 export async function startRuntime(config: Config, logger: Logger): Promise<Runtime> {
   const { connectionString, embedded } = await startDatabase(config, logger);
-  const pool = createPool({ connectionString, max: config.dbPoolMax });
-  pool.on('error', (err) => logger.error({ err }, 'failed to keep idle database connection'));
+  const pool = createPool({
+    connectionString,
+    max: config.dbPoolMax,
+    onConnectionLost: (err) => logger.warn({ err }, 'database connection lost'),
+  });
   try {
     if (config.migrateOnBoot) {
       const { applied } = await migrate(pool);

@@ -20,16 +20,41 @@ export interface DatabaseOptions {
   readonly connectionString: string;
   readonly max?: number;
   readonly applicationName?: string;
+  /**
+   * Told of a connection the server ended (a restart, a failover, an administrator), whether it sat idle in the
+   * pool or was held by a caller between two statements. The pool replaces it; a statement sent on it fails.
+   */
+  readonly onConnectionLost?: (err: Error) => void;
 }
 
+/**
+ * A pool whose connections can be ended by the server at any moment without taking the process with them.
+ * pg-pool listens for errors only on idle connections: one checked out and waiting between two statements (a
+ * transaction's, or a job holding its lock) would emit `error` with no listener, and that ends the process.
+ */
 export function createPool(options: DatabaseOptions): pg.Pool {
-  return new pg.Pool({
+  const pool = new pg.Pool({
     connectionString: options.connectionString,
     max: options.max ?? 20,
     application_name: options.applicationName ?? 'strata',
     idleTimeoutMillis: 30_000,
     connectionTimeoutMillis: 10_000,
   });
+  const lost = options.onConnectionLost ?? ((): void => undefined);
+  const held = new WeakSet<pg.PoolClient>();
+  pool.on('error', lost); // idle connections: pg-pool's own listener forwards these
+  pool.on('acquire', (client) => held.add(client));
+  pool.on('release', (_err, client) => held.delete(client));
+  // A connection ended under its holder errors twice (the server's message, then the socket's end): told once.
+  const told = new WeakSet<pg.PoolClient>();
+  pool.on('connect', (client) =>
+    client.on('error', (err) => {
+      if (!held.has(client) || told.has(client)) return;
+      told.add(client);
+      lost(err);
+    }),
+  );
+  return pool;
 }
 
 export function createDb(pool: pg.Pool): Db {
