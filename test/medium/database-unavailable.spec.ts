@@ -154,3 +154,54 @@ describe('a pool connection the server ends while a caller holds it', () => {
     }
   });
 });
+
+describe('a session that idles inside a transaction', () => {
+  let t: TestDatabase;
+  beforeAll(async () => {
+    t = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await t.drop();
+  });
+
+  it('is ended by the server, so the locks of a stopped process do not stall the others', async () => {
+    const lost: Error[] = [];
+    const stuck = createPool({
+      connectionString: t.url,
+      max: 1,
+      idleInTransactionTimeoutMs: 300,
+      onConnectionLost: (e) => lost.push(e),
+    });
+    const other = createPool({ connectionString: t.url, max: 1 });
+    // The commit of a digest takes this lock in its transaction; a process stopped right after holds it.
+    const held = await stuck.connect();
+    try {
+      await held.query('BEGIN');
+      await held.query('SELECT pg_advisory_xact_lock(42)');
+      const taken = Date.now();
+      await other.query('SELECT pg_advisory_xact_lock(42)');
+      const waited = Date.now() - taken;
+      expect(waited).toBeGreaterThanOrEqual(250);
+      expect(waited).toBeLessThan(5000);
+      expect(lost.map((e) => (e as { code?: string }).code)).toEqual(['25P03']);
+      expect(toRegistryError(await failure(() => held.query('COMMIT'))).status).toBe(503);
+    } finally {
+      held.release();
+    }
+    try {
+      // A transaction that keeps running statements is not cut, however long it lasts.
+      const busy = await stuck.connect();
+      try {
+        await busy.query('BEGIN');
+        for (let i = 0; i < 4; i++) await busy.query('SELECT pg_sleep(0.2)');
+        await busy.query('COMMIT');
+      } finally {
+        busy.release();
+      }
+      expect(lost).toHaveLength(1);
+    } finally {
+      await stuck.end();
+      await other.end();
+    }
+  });
+});

@@ -35,6 +35,7 @@ export async function startRuntime(config: Config, logger: Logger): Promise<Runt
   const pool = createPool({
     connectionString,
     max: config.dbPoolMax,
+    idleInTransactionTimeoutMs: config.dbIdleInTransactionSeconds * 1000,
     onConnectionLost: (err) => logger.warn({ err }, 'database connection lost'),
   });
   try {

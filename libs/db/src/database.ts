@@ -21,6 +21,12 @@ export interface DatabaseOptions {
   readonly max?: number;
   readonly applicationName?: string;
   /**
+   * The server ends a session that sits inside a transaction this long without a statement (default 60 s). Our
+   * transactions hold row locks and per-digest commit locks and run only statements; one that idles this long
+   * belongs to a process that is stopped or wedged, and its locks would otherwise stall every other replica.
+   */
+  readonly idleInTransactionTimeoutMs?: number;
+  /**
    * Told of a connection the server ended (a restart, a failover, an administrator), whether it sat idle in the
    * pool or was held by a caller between two statements. The pool replaces it; a statement sent on it fails.
    */
@@ -39,6 +45,7 @@ export function createPool(options: DatabaseOptions): pg.Pool {
     application_name: options.applicationName ?? 'strata',
     idleTimeoutMillis: 30_000,
     connectionTimeoutMillis: 10_000,
+    idle_in_transaction_session_timeout: options.idleInTransactionTimeoutMs ?? 60_000,
   });
   const lost = options.onConnectionLost ?? ((): void => undefined);
   const held = new WeakSet<pg.PoolClient>();

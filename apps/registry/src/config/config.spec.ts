@@ -24,6 +24,7 @@ describe('loadConfig', () => {
     expect(c.uploadTtlSeconds).toBe(86400);
     expect(c.directIo).toBe(true);
     expect(c.directIoAfter).toBe(64 * 1024 * 1024);
+    expect(c.dbIdleInTransactionSeconds).toBe(60);
   });
 
   it.each([
@@ -37,6 +38,7 @@ describe('loadConfig', () => {
     ['STRATA_LOG_LEVEL', 'loud'],
     ['STRATA_DIRECT_IO', 'sometimes'],
     ['STRATA_DIRECT_IO_AFTER', '64M'],
+    ['STRATA_DB_IDLE_IN_TRANSACTION', '0'],
   ])('names %s when it is %j', (key, value) => {
     const e = errorOf(() => loadConfig({ [key]: value }));
     expect(e.key).toBe(key);
@@ -47,6 +49,7 @@ describe('loadConfig', () => {
   it('parses durations', () => {
     expect(loadConfig({ STRATA_UPLOAD_TTL: '15m' }).uploadTtlSeconds).toBe(900);
     expect(loadConfig({ STRATA_UPLOAD_TTL: '90' }).uploadTtlSeconds).toBe(90);
+    expect(loadConfig({ STRATA_DB_IDLE_IN_TRANSACTION: '2m' }).dbIdleInTransactionSeconds).toBe(120);
   });
 
   it('reads a YAML file, overridden by the environment', () => {

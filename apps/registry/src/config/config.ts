@@ -17,6 +17,8 @@ export interface Config {
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   readonly shutdownTimeoutMs: number;
   readonly dbPoolMax: number;
+  /** How long PostgreSQL lets one of our sessions sit in a transaction between statements before ending it. */
+  readonly dbIdleInTransactionSeconds: number;
   readonly jobsEnabled: boolean;
   /** Blobs up to this many bytes, pushed in one request, are kept in their database row; 0 turns that off. */
   readonly inlineBlobMax: number;
@@ -50,6 +52,7 @@ const KEYS = [
   'STRATA_LOG_LEVEL',
   'STRATA_SHUTDOWN_TIMEOUT',
   'STRATA_DB_POOL_MAX',
+  'STRATA_DB_IDLE_IN_TRANSACTION',
   'STRATA_JOBS',
   'STRATA_INLINE_BLOB_MAX',
   'STRATA_DEFER_CHUNK_SYNC',
@@ -174,6 +177,10 @@ export function loadConfig(env: Source = process.env): Config {
     shutdownTimeoutMs:
       parseDuration('STRATA_SHUTDOWN_TIMEOUT', get('STRATA_SHUTDOWN_TIMEOUT') ?? '10s') * 1000,
     dbPoolMax: parseIntIn('STRATA_DB_POOL_MAX', get('STRATA_DB_POOL_MAX') ?? '20', 1, 1000),
+    dbIdleInTransactionSeconds: parseDuration(
+      'STRATA_DB_IDLE_IN_TRANSACTION',
+      get('STRATA_DB_IDLE_IN_TRANSACTION') ?? '60s',
+    ),
     jobsEnabled: parseBool('STRATA_JOBS', get('STRATA_JOBS') ?? 'true'),
     inlineBlobMax: parseIntIn('STRATA_INLINE_BLOB_MAX', get('STRATA_INLINE_BLOB_MAX') ?? '65536', 0, 1048576),
     deferChunkSync: parseBool('STRATA_DEFER_CHUNK_SYNC', get('STRATA_DEFER_CHUNK_SYNC') ?? 'true'),
