@@ -125,4 +125,29 @@ describe('the strata process while its database connections are terminated', () 
     expect(server.lines.filter((l) => l.status === 500)).toEqual([]);
     expect(server.lines.filter((l) => l.level === 'fatal')).toEqual([]);
   });
+
+  it('answers 503 while the database refuses its connections (FATAL 55000), and serves once it accepts them', async () => {
+    const blob = randomBlob(2048);
+    expect((await pushBlob(server.url, 'failover/refused', blob.data)).status).toBe(201);
+    const name = (await admin.query<{ db: string }>('SELECT current_database() AS db')).rows[0]!.db;
+    // A database cannot refuse connections from a session of its own: this is done from the server's admin one.
+    const outside = new pg.Client({ connectionString: process.env.STRATA_TEST_ADMIN_URL });
+    await outside.connect();
+    try {
+      await outside.query(`ALTER DATABASE ${name} ALLOW_CONNECTIONS false`);
+      await terminateAll();
+      for (const path of [`/v2/failover/refused/blobs/${blob.digest}`, '/v2/failover/refused/tags/list']) {
+        const res = await fetch(`${server.url}${path}`);
+        expect(res.status).toBe(503);
+        expect(res.headers.get('retry-after')).toBe('1');
+      }
+    } finally {
+      await outside.query(`ALTER DATABASE ${name} ALLOW_CONNECTIONS true`);
+      await outside.end();
+    }
+    const res = await fetch(`${server.url}/v2/failover/refused/blobs/${blob.digest}`);
+    expect(res.status).toBe(200);
+    expect(sha256(Buffer.from(await res.arrayBuffer()))).toBe(blob.digest);
+    expect(server.lines.filter((l) => l.status === 500)).toEqual([]);
+  });
 });

@@ -551,6 +551,11 @@ describe('manifest protocol', () => {
       expect(exact.headers.get('link')).toBeNull();
       const after = await fetch(url(`/v2/${repo}/tags/list?last=c_2`));
       expect(((await after.json()) as { tags: string[] }).tags).toEqual(['z']);
+      // No tag holds a NUL: a marker with one pages as if cut there (PostgreSQL text could not carry it).
+      const nul = await fetch(url(`/v2/${repo}/tags/list?last=c_2%00x`));
+      expect(((await nul.json()) as { tags: string[] }).tags).toEqual(['z']);
+      const nulOnly = await fetch(url(`/v2/${repo}/tags/list?last=%00`));
+      expect(((await nulOnly.json()) as { tags: string[] }).tags).toEqual(sorted);
       const zero = await fetch(url(`/v2/${repo}/tags/list?n=0`));
       expect(await zero.json()).toEqual({ name: repo, tags: [] });
       expect(zero.headers.get('link')).toBeNull();
@@ -714,6 +719,18 @@ describe('manifest protocol', () => {
       expect(filtered.headers.get('oci-filters-applied')).toBe('artifactType');
       const f = (await filtered.json()) as { manifests: Descriptor[] };
       expect(f.manifests.map((m) => m.digest)).toEqual([sbom.digest]);
+      // No artifact type holds a NUL: such a filter matches nothing, alone or beside another.
+      const nul = await fetch(url(`/v2/${repo}/referrers/${subject.digest}?artifactType=a%00b`));
+      expect(nul.status).toBe(200);
+      expect(((await nul.json()) as { manifests: Descriptor[] }).manifests).toEqual([]);
+      const mixed = await fetch(
+        url(
+          `/v2/${repo}/referrers/${subject.digest}?artifactType=a%00b&artifactType=application/spdx%2Bjson`,
+        ),
+      );
+      expect(((await mixed.json()) as { manifests: Descriptor[] }).manifests.map((m) => m.digest)).toEqual([
+        sbom.digest,
+      ]);
 
       const later = await fetch(url(`/v2/${repo}/referrers/${sha256('later')}`));
       expect(((await later.json()) as { manifests: Descriptor[] }).manifests.map((m) => m.digest)).toEqual([
@@ -767,6 +784,10 @@ describe('catalog', () => {
     expect(seen).toEqual(sorted);
     expect(links).toEqual([`</v2/_catalog?n=4&last=${encodeURIComponent('a/b')}>; rel="next"`]);
 
+    const afterNul = await fetch(`${t.url}/v2/_catalog?last=${encodeURIComponent('a/b\0z')}`);
+    expect(((await afterNul.json()) as { repositories: string[] }).repositories).toEqual(
+      sorted.filter((r) => r > 'a/b'),
+    );
     const zero = await fetch(`${t.url}/v2/_catalog?n=0`);
     expect(await zero.json()).toEqual({ repositories: [] });
     const bad = await fetch(`${t.url}/v2/_catalog?n=abc`);

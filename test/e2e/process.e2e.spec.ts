@@ -137,6 +137,10 @@ describe('the strata process', () => {
       const mine = server.lines.filter((l) => l.reqId === 'trace-me-123');
       expect(mine.length).toBeGreaterThan(0);
       expect(mine.find((l) => l.msg === 'request completed')).toMatchObject({ status: 202, method: 'POST' });
+      // Once per line, though Fastify's request logger binds it and the request context would add it too.
+      const raw = server.text.filter((l) => l.includes('trace-me-123'));
+      expect(raw.length).toBe(mine.length);
+      for (const l of raw) expect(l.split('"reqId"').length - 1).toBe(1);
       for (const l of server.lines) expect(typeof l.time).toBe('string');
     } finally {
       server.child.kill('SIGINT');

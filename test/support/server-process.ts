@@ -10,6 +10,8 @@ export interface ServerProcess {
   readonly port: number;
   readonly child: ChildProcess;
   readonly lines: Record<string, unknown>[];
+  /** The same lines as written, for what parsing would hide (a key written twice). */
+  readonly text: string[];
   readonly stderr: string[];
   /** Resolves with the exit code (or signal name) once the process has exited. */
   readonly exited: Promise<number | string>;
@@ -24,6 +26,7 @@ export async function startServer(env: Record<string, string>, port?: number): P
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: Record<string, unknown>[] = [];
+  const text: string[] = [];
   const stderr: string[] = [];
   let buf = '';
   child.stdout.on('data', (d: Buffer) => {
@@ -32,7 +35,9 @@ export async function startServer(env: Record<string, string>, port?: number): P
     while ((i = buf.indexOf('\n')) >= 0) {
       const line = buf.slice(0, i);
       buf = buf.slice(i + 1);
-      if (line.trim()) lines.push(JSON.parse(line) as Record<string, unknown>);
+      if (!line.trim()) continue;
+      text.push(line);
+      lines.push(JSON.parse(line) as Record<string, unknown>);
     }
   });
   child.stderr.on('data', (d: Buffer) => stderr.push(d.toString('utf8')));
@@ -56,6 +61,7 @@ export async function startServer(env: Record<string, string>, port?: number): P
     port: p,
     child,
     lines,
+    text,
     stderr,
     exited,
     rssKiB: async (field = 'VmRSS') => {

@@ -142,9 +142,32 @@ describe('parseManifest', () => {
     ],
     ['a NUL in an annotation', body(image({ annotations: { a: 'x\u0000y' } })), MEDIA_TYPE.OCI_MANIFEST],
     ['a NUL in an annotation key', body(image({ annotations: { 'a\u0000': 'x' } })), MEDIA_TYPE.OCI_MANIFEST],
+    [
+      'a lone high surrogate in an annotation',
+      body(image({ annotations: { a: '\ud800' } })),
+      MEDIA_TYPE.OCI_MANIFEST,
+    ],
+    [
+      'a lone low surrogate in a key',
+      body(image({ annotations: { '\udfffx': 'y' } })),
+      MEDIA_TYPE.OCI_MANIFEST,
+    ],
+    ['a reversed surrogate pair', body(image({ artifactType: 'a\udc00\ud800' })), MEDIA_TYPE.OCI_MANIFEST],
     ['an unknown media type', body(image({ mediaType: 'application/x-other' })), 'application/x-other'],
   ])('refuses %s as MANIFEST_INVALID', (_case, buf, contentType) => {
     expect(refusal(() => parseManifest(buf, contentType)).code).toBe('MANIFEST_INVALID');
+  });
+
+  it('accepts characters outside the BMP, which JSON may escape as a surrogate pair', () => {
+    const escaped = Buffer.from(
+      JSON.stringify(image({ annotations: { a: 'x' } })).replace('"x"', '"\\ud83d\\ude00"'),
+    );
+    expect(parseManifest(escaped, null).annotations).toEqual({ a: '\u{1F600}' });
+    expect(
+      parseManifest(body(image({ annotations: { '\u{1F600}': '\u{1F600}' } })), null).annotations,
+    ).toEqual({
+      '\u{1F600}': '\u{1F600}',
+    });
   });
 
   it('accepts an image manifest with no layers and an index with no children', () => {

@@ -114,7 +114,10 @@ function descriptors(v: unknown, field: string): Descriptor[] {
   return v.map((d, i) => descriptor(d, `${field}[${i}]`));
 }
 
-class NulError extends Error {}
+/** A string PostgreSQL's text and jsonb cannot hold: with U+0000, or with half a UTF-16 surrogate pair. */
+class UnstorableError extends Error {}
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+const unstorable = (s: string): boolean => s.includes('\0') || LONE_SURROGATE.test(s);
 
 function parseJson(body: Buffer): Record<string, unknown> {
   let text: string;
@@ -126,12 +129,14 @@ function parseJson(body: Buffer): Record<string, unknown> {
   let json: unknown;
   try {
     json = JSON.parse(text, (key, value: unknown) => {
-      // PostgreSQL text and jsonb cannot hold U+0000, and no legitimate manifest field needs it.
-      if (key.includes('\0') || (typeof value === 'string' && value.includes('\0'))) throw new NulError();
+      // PostgreSQL text and jsonb cannot hold U+0000 or a lone surrogate (JSON can write one as "\ud800"),
+      // and no legitimate manifest field needs either.
+      if (unstorable(key) || (typeof value === 'string' && unstorable(value))) throw new UnstorableError();
       return value;
     });
   } catch (e) {
-    if (e instanceof NulError) throw invalid('manifest strings must not contain U+0000');
+    if (e instanceof UnstorableError)
+      throw invalid('manifest strings must not contain U+0000 or unpaired UTF-16 surrogates');
     throw invalid(`manifest is not JSON: ${(e as Error).message}`);
   }
   if (!isObject(json)) throw invalid('manifest must be a JSON object');

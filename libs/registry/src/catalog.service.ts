@@ -26,7 +26,12 @@ export function parsePage(n: string | undefined, last: string | undefined): Page
     if (!/^\d{1,9}$/.test(n)) throw new RegistryError('PAGINATION_NUMBER_INVALID', { n });
     limit = Math.min(Number(n), MAX_PAGE_SIZE);
   }
-  return { limit, last: last === undefined || last === '' ? null : last };
+  if (last === undefined || last === '') return { limit, last: null };
+  // PostgreSQL text cannot carry U+0000, and no name or tag holds one. Under bytewise order the names after
+  // "a\0b" are exactly those after "a", so the marker is cut at its first NUL instead of being refused.
+  const nul = last.indexOf('\0');
+  if (nul === 0) return { limit, last: null };
+  return { limit, last: nul > 0 ? last.slice(0, nul) : last };
 }
 
 function toPage(rows: string[], limit: number): Page {
@@ -117,13 +122,18 @@ export class CatalogService {
   ): Promise<ReferrersIndex> {
     assertName(repository);
     parseDigest(digest);
+    // No stored artifact type holds U+0000 (manifests with one are refused), and PostgreSQL text cannot carry
+    // it: such a filter matches nothing, and when it is the only one, the answer is an empty index.
+    const matchable = artifactTypes.filter((t) => !t.includes('\0'));
+    if (matchable.length === 0 && artifactTypes.length > 0)
+      return { schemaVersion: 2, mediaType: MEDIA_TYPE.OCI_INDEX, manifests: [] };
     const rows = await this.db
       .selectFrom('manifests as m')
       .innerJoin('repositories as r', 'r.id', 'm.repository_id')
       .select(['m.media_type', 'm.digest', 'm.size', 'm.artifact_type', 'm.annotations'])
       .where('r.name', '=', repository)
       .where('m.subject_digest', '=', digest)
-      .$if(artifactTypes.length > 0, (q) => q.where('m.artifact_type', 'in', artifactTypes))
+      .$if(matchable.length > 0, (q) => q.where('m.artifact_type', 'in', matchable))
       .orderBy('m.created_at')
       .orderBy('m.digest')
       .execute();

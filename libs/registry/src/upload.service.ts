@@ -569,72 +569,82 @@ export class UploadService {
       row = await this.load(repository, id);
     }
     const size = row.size;
-    const chunks = await this.chunks(id);
-    if (chunks.reduce((n, c) => n + c.size, 0) !== size) {
-      throw new Error(`failed to commit upload ${id}: chunk rows do not add up to ${size} bytes`);
-    }
-    const trusted = await this.syncChunks(id, chunks);
-    const actual = await this.finalDigest(row, algorithm, trusted);
-    if (actual !== hex) {
-      throw new RegistryError('DIGEST_INVALID', { expected: digest, actual: `${algorithm}:${actual}`, size });
-    }
-    const repositoryId = row.repository_id;
-    const existing = await this.db
-      .selectFrom('blobs')
-      .select(['size'])
-      .where('digest', '=', digest)
-      .executeTakeFirst();
-    let key: string | null = null;
-    if (!existing && (!this.storage.transactional || chunks.length === 0)) {
-      key = blobKey(hex);
-      if (chunks.length === 0) await this.storage.write(key, emptyIterable());
-      else
-        await this.storage.compose(
-          key,
-          chunks.map((c) => c.storage_key),
-        );
-    }
-    let created = false;
-    try {
-      created = await this.db.transaction().execute(async (tx) => {
-        if (!existing && key === null) {
-          // Identical commits wait for each other here, so only the first copies bytes inside the database;
-          // the others find its row and link it. Waiting, not losing: every one of them still answers 201.
-          await sql`SELECT pg_advisory_xact_lock(hashtextextended(${digest}, 0))`.execute(tx);
-          const raced = await tx
-            .selectFrom('blobs')
-            .select('digest')
-            .where('digest', '=', digest)
-            .executeTakeFirst();
-          if (!raced) {
-            key = blobKey(hex);
-            await this.storage.compose(
-              key,
-              chunks.map((c) => c.storage_key),
-              tx,
-            );
-          }
-        }
-        const inserted = await this.publish(tx, repositoryId, digest, size, key);
-        const removed = await tx
-          .deleteFrom('uploads')
-          .where('id', '=', id)
-          .where('size', '=', size)
-          .executeTakeFirst();
-        if (removed.numDeletedRows !== 1n) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
-        await this.events.append(tx, {
-          type: 'upload.committed',
-          repository,
-          subject: digest,
-          payload: { upload_id: id, digest, size, existed: !inserted },
-          meta,
+    // Between the reads above and the commit, a cancel or a racing commit of the same upload may remove its
+    // objects: whatever that breaks here, the answer is then that the upload is gone.
+    const { chunks, created, key } = await this.unlessGone(id, async () => {
+      const chunks = await this.chunks(id);
+      if (chunks.reduce((n, c) => n + c.size, 0) !== size) {
+        throw new Error(`failed to commit upload ${id}: chunk rows do not add up to ${size} bytes`);
+      }
+      const trusted = await this.syncChunks(id, chunks);
+      const actual = await this.finalDigest(row, algorithm, trusted);
+      if (actual !== hex) {
+        throw new RegistryError('DIGEST_INVALID', {
+          expected: digest,
+          actual: `${algorithm}:${actual}`,
+          size,
         });
-        return inserted;
-      });
-    } catch (e) {
-      if (key !== null && !this.storage.transactional) await this.storage.delete(key).catch(() => undefined);
-      throw e;
-    }
+      }
+      const repositoryId = row.repository_id;
+      const existing = await this.db
+        .selectFrom('blobs')
+        .select(['size'])
+        .where('digest', '=', digest)
+        .executeTakeFirst();
+      let key: string | null = null;
+      if (!existing && (!this.storage.transactional || chunks.length === 0)) {
+        key = blobKey(hex);
+        if (chunks.length === 0) await this.storage.write(key, emptyIterable());
+        else
+          await this.storage.compose(
+            key,
+            chunks.map((c) => c.storage_key),
+          );
+      }
+      let created = false;
+      try {
+        created = await this.db.transaction().execute(async (tx) => {
+          if (!existing && key === null) {
+            // Identical commits wait for each other here, so only the first copies bytes inside the database;
+            // the others find its row and link it. Waiting, not losing: every one of them still answers 201.
+            await sql`SELECT pg_advisory_xact_lock(hashtextextended(${digest}, 0))`.execute(tx);
+            const raced = await tx
+              .selectFrom('blobs')
+              .select('digest')
+              .where('digest', '=', digest)
+              .executeTakeFirst();
+            if (!raced) {
+              key = blobKey(hex);
+              await this.storage.compose(
+                key,
+                chunks.map((c) => c.storage_key),
+                tx,
+              );
+            }
+          }
+          const inserted = await this.publish(tx, repositoryId, digest, size, key);
+          const removed = await tx
+            .deleteFrom('uploads')
+            .where('id', '=', id)
+            .where('size', '=', size)
+            .executeTakeFirst();
+          if (removed.numDeletedRows !== 1n) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+          await this.events.append(tx, {
+            type: 'upload.committed',
+            repository,
+            subject: digest,
+            payload: { upload_id: id, digest, size, existed: !inserted },
+            meta,
+          });
+          return inserted;
+        });
+      } catch (e) {
+        if (key !== null && !this.storage.transactional)
+          await this.storage.delete(key).catch(() => undefined);
+        throw e;
+      }
+      return { chunks, created, key };
+    });
     this.forget(id);
     // The upload's own bytes are no longer needed: a composed blob holds its own links or copy.
     await this.removeObjects([
@@ -642,6 +652,26 @@ export class UploadService {
       ...(created || key === null ? [] : [key]),
     ]);
     return { digest, size };
+  }
+
+  /**
+   * Runs `work` on the upload's objects; if it fails and the upload's row is gone meanwhile (cancelled, expired,
+   * or committed by a racing PUT, each of which removes the objects), answers BLOB_UPLOAD_UNKNOWN, as a request
+   * arriving a moment later would get. Any other failure, or one the check cannot settle, is passed on.
+   */
+  private async unlessGone<T>(id: string, work: () => Promise<T>): Promise<T> {
+    try {
+      return await work();
+    } catch (e) {
+      const row = await this.db
+        .selectFrom('uploads')
+        .select('id')
+        .where('id', '=', id)
+        .executeTakeFirst()
+        .catch(() => null);
+      if (row === undefined) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+      throw e;
+    }
   }
 
   /**

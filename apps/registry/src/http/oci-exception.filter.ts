@@ -48,8 +48,11 @@ export function databaseUnavailable(error: unknown): boolean {
     message?: unknown;
     severity?: unknown;
   };
-  // A PostgreSQL error carries its severity and SQLSTATE.
-  if (typeof severity === 'string' && typeof code === 'string') return TRANSIENT_SQLSTATE.test(code);
+  // A PostgreSQL error carries its severity and SQLSTATE. A FATAL one ends the session, whatever its code: the
+  // server refused or dropped the connection (too many clients, a database not accepting connections, a
+  // restart), so the request itself was not at fault.
+  if (typeof severity === 'string' && typeof code === 'string')
+    return severity === 'FATAL' || severity === 'PANIC' || TRANSIENT_SQLSTATE.test(code);
   if (typeof code === 'string' && UNREACHABLE.has(code)) return true;
   return typeof message === 'string' && LOST_CONNECTION.test(message);
 }
@@ -68,6 +71,12 @@ export function toRegistryError(error: unknown): RegistryError {
   return new RegistryError('UNKNOWN');
 }
 
+/** The request's body failed because its client hung up mid-way (Node's "aborted", ECONNRESET). */
+function clientWentAway(error: unknown, request: FastifyRequest): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === 'ECONNRESET' && request.raw.destroyed && !request.raw.complete;
+}
+
 /** Renders any failure as the OCI error envelope; HEAD responses get the status and headers only. */
 export function sendError(
   error: unknown,
@@ -75,6 +84,15 @@ export function sendError(
   reply: FastifyReply,
   logger: Logger,
 ): void {
+  if (clientWentAway(error, request)) {
+    // Nothing can be answered on a connection the client has closed, and it is not a failure of ours.
+    logger.info(
+      { method: request.method, url: request.url, reason: (error as Error).message },
+      'client closed the connection before the request was read',
+    );
+    reply.raw.destroy();
+    return;
+  }
   const e = toRegistryError(error);
   if (e.status >= 500) {
     logger.error({ err: error, method: request.method, url: request.url }, 'failed to serve request');
@@ -85,6 +103,9 @@ export function sendError(
   }
   reply.code(e.status);
   for (const [k, v] of Object.entries(e.headers ?? {})) reply.header(k, v);
+  // A body still arriving after a handler started reading it would stall the connection for the next request
+  // (a half-read body is never drained): the answer closes it instead, as Go's server does past a small body.
+  if (!request.raw.complete) reply.header('Connection', 'close');
   if (request.method === 'HEAD') {
     reply.header('content-length', '0');
     reply.send();
