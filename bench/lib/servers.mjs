@@ -136,6 +136,13 @@ export async function startStrata({ root, dir, db, log }) {
     HOST: '127.0.0.1',
     STRATA_LOG_LEVEL: 'warn',
     STRATA_JOBS: 'false',
+    // BENCH_STRATA_ENV="STRATA_DIRECT_IO=false STRATA_DIRECT_IO_AFTER=0": settings to compare.
+    ...Object.fromEntries(
+      (process.env.BENCH_STRATA_ENV ?? '')
+        .split(/\s+/)
+        .filter(Boolean)
+        .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+    ),
   };
   const main = join(root, 'dist/apps/registry/src/main.js');
   // Started as users start it: the launcher, with the V8 settings it carries (bin/strata).
