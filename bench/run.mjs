@@ -477,7 +477,10 @@ async function main() {
     '',
     `${new Date().toISOString()} · strata ${commit} · node ${process.version} · reference: ${versions.registry} · ${versions.skopeo} · ` +
       `${cpus().length} × ${cpus()[0]?.model.trim() ?? 'CPU'} · ${SEQUENTIAL ? 'one server after the other' : 'workload by workload, reference then strata'} · ` +
-      `${Math.round((Date.now() - started) / 1000)} s`,
+      `${Math.round((Date.now() - started) / 1000)} s` +
+      (process.env.BENCH_STRATA_ENV?.trim()
+        ? ` · **Strata settings: ${process.env.BENCH_STRATA_ENV.trim()}**`
+        : ''),
     '',
     'Ratio: strata/reference for throughput, reference/strata for times, latencies and memory (so > 1 is always Strata ahead). ' +
       'Targets apply to the headline metric of each workload; p99, first-download and memory rows are for information.',

@@ -123,6 +123,20 @@ export async function startReference({ dir, log }) {
   return { name: 'reference', base, port, child, pid: child.pid, logFile };
 }
 
+/** BENCH_STRATA_ENV="K=V K2=V2" as an environment; a word without `=` is refused. */
+function strataSettings() {
+  return Object.fromEntries(
+    (process.env.BENCH_STRATA_ENV ?? '')
+      .split(/\s+/)
+      .filter(Boolean)
+      .map((kv) => {
+        const eq = kv.indexOf('=');
+        if (eq <= 0) throw new Error(`BENCH_STRATA_ENV: expected KEY=VALUE, got ${JSON.stringify(kv)}`);
+        return [kv.slice(0, eq), kv.slice(eq + 1)];
+      }),
+  );
+}
+
 export async function startStrata({ root, dir, db, log }) {
   const databaseUrl = db.url;
   const port = await freePort();
@@ -136,13 +150,8 @@ export async function startStrata({ root, dir, db, log }) {
     HOST: '127.0.0.1',
     STRATA_LOG_LEVEL: 'warn',
     STRATA_JOBS: 'false',
-    // BENCH_STRATA_ENV="STRATA_DIRECT_IO=false STRATA_DIRECT_IO_AFTER=0": settings to compare.
-    ...Object.fromEntries(
-      (process.env.BENCH_STRATA_ENV ?? '')
-        .split(/\s+/)
-        .filter(Boolean)
-        .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
-    ),
+    // BENCH_STRATA_ENV="STRATA_DIRECT_IO=false STRATA_DIRECT_IO_AFTER=0": settings to compare (shown in the header).
+    ...strataSettings(),
   };
   const main = join(root, 'dist/apps/registry/src/main.js');
   // Started as users start it: the launcher, with the V8 settings it carries (bin/strata).

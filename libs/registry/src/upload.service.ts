@@ -571,80 +571,88 @@ export class UploadService {
     const size = row.size;
     // Between the reads above and the commit, a cancel or a racing commit of the same upload may remove its
     // objects: whatever that breaks here, the answer is then that the upload is gone.
-    const { chunks, created, key } = await this.unlessGone(id, async () => {
-      const chunks = await this.chunks(id);
-      if (chunks.reduce((n, c) => n + c.size, 0) !== size) {
-        throw new Error(`failed to commit upload ${id}: chunk rows do not add up to ${size} bytes`);
-      }
-      const trusted = await this.syncChunks(id, chunks);
-      const actual = await this.finalDigest(row, algorithm, trusted);
-      if (actual !== hex) {
-        throw new RegistryError('DIGEST_INVALID', {
-          expected: digest,
-          actual: `${algorithm}:${actual}`,
-          size,
-        });
-      }
-      const repositoryId = row.repository_id;
-      const existing = await this.db
-        .selectFrom('blobs')
-        .select(['size'])
-        .where('digest', '=', digest)
-        .executeTakeFirst();
-      let key: string | null = null;
-      if (!existing && (!this.storage.transactional || chunks.length === 0)) {
-        key = blobKey(hex);
-        if (chunks.length === 0) await this.storage.write(key, emptyIterable());
-        else
-          await this.storage.compose(
-            key,
-            chunks.map((c) => c.storage_key),
-          );
-      }
-      let created = false;
-      try {
-        created = await this.db.transaction().execute(async (tx) => {
-          if (!existing && key === null) {
-            // Identical commits wait for each other here, so only the first copies bytes inside the database;
-            // the others find its row and link it. Waiting, not losing: every one of them still answers 201.
-            await sql`SELECT pg_advisory_xact_lock(hashtextextended(${digest}, 0))`.execute(tx);
-            const raced = await tx
-              .selectFrom('blobs')
-              .select('digest')
-              .where('digest', '=', digest)
-              .executeTakeFirst();
-            if (!raced) {
-              key = blobKey(hex);
-              await this.storage.compose(
-                key,
-                chunks.map((c) => c.storage_key),
-                tx,
-              );
-            }
-          }
-          const inserted = await this.publish(tx, repositoryId, digest, size, key);
-          const removed = await tx
-            .deleteFrom('uploads')
-            .where('id', '=', id)
-            .where('size', '=', size)
-            .executeTakeFirst();
-          if (removed.numDeletedRows !== 1n) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
-          await this.events.append(tx, {
-            type: 'upload.committed',
-            repository,
-            subject: digest,
-            payload: { upload_id: id, digest, size, existed: !inserted },
-            meta,
+    const repositoryId = row.repository_id;
+    const { chunks, created, key } = await this.unlessGone(
+      id,
+      digest,
+      async () => {
+        const chunks = await this.chunks(id);
+        if (chunks.reduce((n, c) => n + c.size, 0) !== size) {
+          // A PATCH of the same upload landed since its row was read: the client raced its own requests.
+          const now = await this.load(repository, id);
+          throw this.rangeError(repository, id, now.size);
+        }
+        const trusted = await this.syncChunks(id, chunks);
+        const actual = await this.finalDigest(row, algorithm, trusted);
+        if (actual !== hex) {
+          throw new RegistryError('DIGEST_INVALID', {
+            expected: digest,
+            actual: `${algorithm}:${actual}`,
+            size,
           });
-          return inserted;
-        });
-      } catch (e) {
-        if (key !== null && !this.storage.transactional)
-          await this.storage.delete(key).catch(() => undefined);
-        throw e;
-      }
-      return { chunks, created, key };
-    });
+        }
+        const existing = await this.db
+          .selectFrom('blobs')
+          .select(['size'])
+          .where('digest', '=', digest)
+          .executeTakeFirst();
+        let key: string | null = null;
+        if (!existing && (!this.storage.transactional || chunks.length === 0)) {
+          key = blobKey(hex);
+          if (chunks.length === 0) await this.storage.write(key, emptyIterable());
+          else
+            await this.storage.compose(
+              key,
+              chunks.map((c) => c.storage_key),
+            );
+        }
+        let created = false;
+        try {
+          created = await this.db.transaction().execute(async (tx) => {
+            if (!existing && key === null) {
+              // Identical commits wait for each other here, so only the first copies bytes inside the database;
+              // the others find its row and link it. Waiting, not losing: every one of them still answers 201.
+              await sql`SELECT pg_advisory_xact_lock(hashtextextended(${digest}, 0))`.execute(tx);
+              const raced = await tx
+                .selectFrom('blobs')
+                .select('digest')
+                .where('digest', '=', digest)
+                .executeTakeFirst();
+              if (!raced) {
+                key = blobKey(hex);
+                await this.storage.compose(
+                  key,
+                  chunks.map((c) => c.storage_key),
+                  tx,
+                );
+              }
+            }
+            const inserted = await this.publish(tx, repositoryId, digest, size, key);
+            const removed = await tx
+              .deleteFrom('uploads')
+              .where('id', '=', id)
+              .where('size', '=', size)
+              .executeTakeFirst();
+            if (removed.numDeletedRows !== 1n) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+            await this.events.append(tx, {
+              type: 'upload.committed',
+              repository,
+              subject: digest,
+              payload: { upload_id: id, digest, size, existed: !inserted },
+              meta,
+            });
+            return inserted;
+          });
+        } catch (e) {
+          // Not a plain delete: a connection lost during COMMIT fails here too, after the row naming the key
+          // may have committed.
+          if (key !== null && !this.storage.transactional) await this.removeUnpublished(key);
+          throw e;
+        }
+        return { chunks, created, key };
+      },
+      repositoryId,
+    );
     this.forget(id);
     // The upload's own bytes are no longer needed: a composed blob holds its own links or copy.
     await this.removeObjects([
@@ -655,21 +663,49 @@ export class UploadService {
   }
 
   /**
-   * Runs `work` on the upload's objects; if it fails and the upload's row is gone meanwhile (cancelled, expired,
-   * or committed by a racing PUT, each of which removes the objects), answers BLOB_UPLOAD_UNKNOWN, as a request
-   * arriving a moment later would get. Any other failure, or one the check cannot settle, is passed on.
+   * Runs the part of a commit that reads and composes the upload's objects and publishes the blob. If it fails
+   * once the upload's row is gone (cancelled, expired, committed by a racing PUT, each of which removes the
+   * objects; or committed by this very call, its COMMIT's answer lost with the connection), the blob's link in
+   * the repository settles it: linked, the commit stands, as a HEAD would show; not linked, the upload is
+   * unknown, as a request a moment later would be told. A failure the check cannot settle is passed on.
    */
-  private async unlessGone<T>(id: string, work: () => Promise<T>): Promise<T> {
+  private async unlessGone(
+    id: string,
+    digest: string,
+    work: () => Promise<{ chunks: Chunk[]; created: boolean; key: string | null }>,
+    repositoryId: number,
+  ): Promise<{ chunks: Chunk[]; created: boolean; key: string | null }> {
     try {
       return await work();
     } catch (e) {
-      const row = await this.db
-        .selectFrom('uploads')
-        .select('id')
-        .where('id', '=', id)
-        .executeTakeFirst()
-        .catch(() => null);
-      if (row === undefined) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+      let settled: 'linked' | 'gone' | null = null;
+      try {
+        const upload = await this.db
+          .selectFrom('uploads')
+          .select('id')
+          .where('id', '=', id)
+          .executeTakeFirst();
+        if (upload === undefined) {
+          const link = await this.db
+            .selectFrom('repository_blobs')
+            .select('digest')
+            .where('repository_id', '=', repositoryId)
+            .where('digest', '=', digest)
+            .executeTakeFirst();
+          settled = link === undefined ? 'gone' : 'linked';
+        }
+      } catch {
+        throw e;
+      }
+      if (settled === 'gone') throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+      if (settled === 'linked') {
+        this.logger.warn(
+          { err: e, upload: id, digest },
+          'commit failed, but the blob is linked in the repository: answered as committed',
+        );
+        // Whatever copy this call made is left to the catch above (only unpublished ones are removed).
+        return { chunks: [], created: false, key: null };
+      }
       throw e;
     }
   }

@@ -39,6 +39,7 @@ describe('loadConfig', () => {
     ['STRATA_DIRECT_IO', 'sometimes'],
     ['STRATA_DIRECT_IO_AFTER', '64M'],
     ['STRATA_DB_IDLE_IN_TRANSACTION', '0'],
+    ['STRATA_DB_IDLE_IN_TRANSACTION', '30d'],
   ])('names %s when it is %j', (key, value) => {
     const e = errorOf(() => loadConfig({ [key]: value }));
     expect(e.key).toBe(key);

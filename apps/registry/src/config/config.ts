@@ -75,6 +75,11 @@ function parseDuration(key: string, raw: string): number {
   return seconds;
 }
 
+function atMost(key: string, seconds: number, max: number): number {
+  if (seconds > max) throw new ConfigError(key, `must be at most ${max} seconds, got ${seconds}`);
+  return seconds;
+}
+
 function parseIntIn(key: string, raw: string, min: number, max: number): number {
   if (!/^\d+$/.test(raw.trim()))
     throw new ConfigError(key, `expected an integer, got ${JSON.stringify(raw)}`);
@@ -177,9 +182,11 @@ export function loadConfig(env: Source = process.env): Config {
     shutdownTimeoutMs:
       parseDuration('STRATA_SHUTDOWN_TIMEOUT', get('STRATA_SHUTDOWN_TIMEOUT') ?? '10s') * 1000,
     dbPoolMax: parseIntIn('STRATA_DB_POOL_MAX', get('STRATA_DB_POOL_MAX') ?? '20', 1, 1000),
-    dbIdleInTransactionSeconds: parseDuration(
+    dbIdleInTransactionSeconds: atMost(
       'STRATA_DB_IDLE_IN_TRANSACTION',
-      get('STRATA_DB_IDLE_IN_TRANSACTION') ?? '60s',
+      parseDuration('STRATA_DB_IDLE_IN_TRANSACTION', get('STRATA_DB_IDLE_IN_TRANSACTION') ?? '60s'),
+      // PostgreSQL takes milliseconds in a 32-bit int.
+      Math.floor(2 ** 31 / 1000) - 1,
     ),
     jobsEnabled: parseBool('STRATA_JOBS', get('STRATA_JOBS') ?? 'true'),
     inlineBlobMax: parseIntIn('STRATA_INLINE_BLOB_MAX', get('STRATA_INLINE_BLOB_MAX') ?? '65536', 0, 1048576),

@@ -2,6 +2,7 @@ import { type ArgumentsHost, Catch, type ExceptionFilter, HttpException } from '
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { type ErrorName, RegistryError } from '@strata/oci';
+import { requestBody } from './body';
 
 /** Maps what the HTTP framework throws (unknown routes, bad requests) onto the error table. */
 function fromHttpStatus(status: number): ErrorName {
@@ -71,10 +72,13 @@ export function toRegistryError(error: unknown): RegistryError {
   return new RegistryError('UNKNOWN');
 }
 
-/** The request's body failed because its client hung up mid-way (Node's "aborted", ECONNRESET). */
+/**
+ * The request's body failed because its client hung up mid-way: Node's own "aborted" (ECONNRESET), not a reset
+ * of some other connection, such as the database's, while the body was being read.
+ */
 function clientWentAway(error: unknown, request: FastifyRequest): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return code === 'ECONNRESET' && request.raw.destroyed && !request.raw.complete;
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  return code === 'ECONNRESET' && message === 'aborted' && request.raw.destroyed && !request.raw.complete;
 }
 
 /** Renders any failure as the OCI error envelope; HEAD responses get the status and headers only. */
@@ -103,9 +107,10 @@ export function sendError(
   }
   reply.code(e.status);
   for (const [k, v] of Object.entries(e.headers ?? {})) reply.header(k, v);
-  // A body still arriving after a handler started reading it would stall the connection for the next request
-  // (a half-read body is never drained): the answer closes it instead, as Go's server does past a small body.
-  if (!request.raw.complete) reply.header('Connection', 'close');
+  // A body still arriving when the answer is an error would be drained to its end, or, once a handler has begun
+  // reading it, never (the connection then stalls for the next request): the answer closes the connection
+  // instead, as Go's server does past a small body. Requests without a body keep theirs.
+  if (requestBody(request) !== null && !request.raw.complete) reply.header('Connection', 'close');
   if (request.method === 'HEAD') {
     reply.header('content-length', '0');
     reply.send();
