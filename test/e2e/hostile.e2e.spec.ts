@@ -142,5 +142,87 @@ describe.each(['filesystem', 'postgres'])(
         }
       }
     });
+
+    it('answers a commit racing a PATCH of its own upload 201 or 416, never "unknown" while it exists', async () => {
+      for (let round = 0; round < 16; round++) {
+        const post = await send(`${server.url}/v2/hostile/patchrace/blobs/uploads/`, 'POST');
+        const location = new URL(post.headers.location as string, server.url).toString();
+        const first = randomBytes(200_000);
+        expect((await send(location, 'PATCH', first)).status).toBe(202);
+        const digest = sha256(first);
+        const commit = new URL(location);
+        commit.searchParams.set('digest', digest);
+        const [put, patch] = await Promise.all([
+          send(commit.toString(), 'PUT'),
+          send(location, 'PATCH', randomBytes(1000)),
+        ]);
+        expect([201, 416]).toContain(put.status);
+        expect([202, 404, 416]).toContain(patch.status);
+        const blob = await fetch(`${server.url}/v2/hostile/patchrace/blobs/${digest}`, { method: 'HEAD' });
+        expect(blob.status).toBe(put.status === 201 ? 200 : 404);
+        if (put.status === 416) {
+          // The upload lives on, with the PATCH's bytes: the range the 416 named.
+          const state = await send(location, 'GET');
+          expect(state.status).toBe(204);
+          expect(put.headers.range).toBe(state.headers.range);
+        }
+      }
+    });
+
+    it('lets pushes and deletes of the same tags race without 5xx', async () => {
+      const repo = 'hostile/tags';
+      const config = Buffer.from('{"architecture":"amd64","os":"linux"}');
+      const cfg = new URL(`${server.url}/v2/${repo}/blobs/uploads/`);
+      cfg.searchParams.set('digest', sha256(config));
+      expect((await send(cfg.toString(), 'POST', config)).status).toBe(201);
+      const manifests = [0, 1, 2].map((i) =>
+        Buffer.from(
+          JSON.stringify({
+            schemaVersion: 2,
+            mediaType: 'application/vnd.oci.image.manifest.v1+json',
+            config: {
+              mediaType: 'application/vnd.oci.image.config.v1+json',
+              digest: sha256(config),
+              size: config.length,
+            },
+            layers: [],
+            annotations: { i: String(i) },
+          }),
+        ),
+      );
+      const seen = new Map<string, number>();
+      const until = Date.now() + 3000;
+      await Promise.all(
+        Array.from({ length: 8 }, async (_, w) => {
+          for (let i = 0; Date.now() < until; i++) {
+            const m = manifests[(w + i) % 3]!;
+            const tag = `t${(w * 7 + i) % 2}`;
+            const op = ['put', 'put', 'deltag', 'deldigest'][(w + i * 3) % 4]!;
+            const res =
+              op === 'put'
+                ? await new Promise<Answer>((resolve, reject) => {
+                    const req = request(`${server.url}/v2/${repo}/manifests/${tag}`, {
+                      method: 'PUT',
+                      headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' },
+                    });
+                    req.on('response', (r) => {
+                      r.resume();
+                      r.on('end', () => resolve({ status: r.statusCode ?? 0, headers: r.headers, body: '' }));
+                    });
+                    req.on('error', reject);
+                    req.end(m);
+                  })
+                : await send(
+                    `${server.url}/v2/${repo}/manifests/${op === 'deltag' ? tag : sha256(m)}`,
+                    'DELETE',
+                  );
+            seen.set(`${op} ${res.status}`, (seen.get(`${op} ${res.status}`) ?? 0) + 1);
+          }
+        }),
+      );
+      const statuses = [...seen.keys()].map((k) => Number(k.split(' ')[1]));
+      expect(statuses.filter((st) => ![201, 202, 404].includes(st))).toEqual([]);
+      expect(seen.get('put 201')).toBeGreaterThan(0);
+    });
   },
 );

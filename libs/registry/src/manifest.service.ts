@@ -98,6 +98,34 @@ function pushedEvent(
 }
 
 const UNIQUE_RETRIES = 5;
+/** Whole write attempts for one manifest request when concurrent writers to the same rows get in its way. */
+const WRITE_ATTEMPTS = 5;
+
+/** A row this request needs kept being changed under it by concurrent requests: the write may be tried again. */
+class ContendedError extends Error {}
+
+/**
+ * Deadlocks and serialization failures between concurrent writers of one tag or manifest (the one-statement
+ * push and the general path take their row locks in different orders), and rows deleted under a write: each
+ * attempt is its own transaction, so the request tries again, a few times, then answers 503 to be retried.
+ */
+async function retryContended<T>(write: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await write();
+    } catch (e) {
+      const code = (e as { code?: unknown }).code;
+      const contended = e instanceof ContendedError || code === '40P01' || code === '40001';
+      if (!contended) throw e;
+      if (attempt >= WRITE_ATTEMPTS) {
+        if (e instanceof ContendedError)
+          throw new RegistryError('UNAVAILABLE', `${e.message}; try again`, { 'Retry-After': '1' });
+        throw e;
+      }
+      await new Promise((r) => setTimeout(r, attempt * (2 + Math.random() * 8)));
+    }
+  }
+}
 const FOREIGN_KEY_VIOLATION = '23503';
 const AT_ONCE_MAX_REFERENCES = 256;
 const UNIQUE_VIOLATION = '23505';
@@ -168,9 +196,23 @@ export class ManifestService {
       throw this.missing(first.kind, first.digest);
     const repositoryId = await this.repositories.ensure(repository);
     const tag = 'tag' in target ? target.tag : null;
-    if (await this.putAtOnce(repositoryId, repository, tag, digest, manifest, bytes, meta))
-      return { digest, subject: manifest.subject };
+    await retryContended(async () => {
+      if (await this.putAtOnce(repositoryId, repository, tag, digest, manifest, bytes, meta)) return;
+      await this.writeManifest(repositoryId, repository, target, digest, manifest, bytes, meta);
+    });
+    return { digest, subject: manifest.subject };
+  }
 
+  /** The general path of a push: references checked, manifest stored unless it is, tag moved, in one transaction. */
+  private async writeManifest(
+    repositoryId: number,
+    repository: string,
+    target: NonNullable<ReturnType<typeof parseReference>>,
+    digest: string,
+    manifest: ParsedManifest,
+    bytes: Buffer,
+    meta: RequestMeta,
+  ): Promise<void> {
     await this.db.transaction().execute(async (tx) => {
       await this.checkReferences(tx, repositoryId, manifest);
       const inserted = await this.insertManifest(tx, repositoryId, digest, manifest, bytes);
@@ -194,7 +236,6 @@ export class ManifestService {
       }
       if ('tag' in target) await this.moveTag(tx, repositoryId, repository, target.tag, digest, meta);
     });
-    return { digest, subject: manifest.subject };
   }
 
   /**
@@ -395,7 +436,7 @@ export class ManifestService {
       // Absent here means a concurrent delete won between the two statements: insert again.
       if (held) return false;
     }
-    throw new Error(`failed to store manifest ${digest}: it kept being deleted concurrently`);
+    throw new ContendedError(`failed to store manifest ${digest}: it kept being deleted concurrently`);
   }
 
   /** Points `tag` at `digest` under the tag row's lock; a no-op when it already does. */
@@ -454,7 +495,7 @@ export class ManifestService {
         .execute();
       return;
     }
-    throw new Error(`failed to move tag ${tag}: it kept being deleted concurrently`);
+    throw new ContendedError(`failed to move tag ${tag}: it kept being deleted concurrently`);
   }
 
   /**
@@ -511,13 +552,15 @@ export class ManifestService {
     const target = parseReference(reference);
     const repositoryId = await this.repositories.find(repository);
     if (target === null || repositoryId === null) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
-    const removed = await this.db
-      .transaction()
-      .execute(async (tx) =>
-        'tag' in target
-          ? this.deleteTag(tx, repositoryId, repository, target.tag, meta)
-          : this.deleteManifest(tx, repositoryId, repository, target.digest.digest, meta),
-      );
+    const removed = await retryContended(() =>
+      this.db
+        .transaction()
+        .execute(async (tx) =>
+          'tag' in target
+            ? this.deleteTag(tx, repositoryId, repository, target.tag, meta)
+            : this.deleteManifest(tx, repositoryId, repository, target.digest.digest, meta),
+        ),
+    );
     if (!removed) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
   }
 

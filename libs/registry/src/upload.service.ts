@@ -633,7 +633,16 @@ export class UploadService {
               .where('id', '=', id)
               .where('size', '=', size)
               .executeTakeFirst();
-            if (removed.numDeletedRows !== 1n) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+            if (removed.numDeletedRows !== 1n) {
+              // Gone, or grown by a PATCH that landed meanwhile (the client raced its own requests): say which.
+              const now = await tx
+                .selectFrom('uploads')
+                .select('size')
+                .where('id', '=', id)
+                .executeTakeFirst();
+              if (now) throw this.rangeError(repository, id, now.size);
+              throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+            }
             await this.events.append(tx, {
               type: 'upload.committed',
               repository,
