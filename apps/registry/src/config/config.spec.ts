@@ -1,4 +1,4 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, loadConfig } from './config';
@@ -12,6 +12,17 @@ function errorOf(fn: () => unknown): ConfigError {
   }
   throw new Error('expected a ConfigError');
 }
+
+/** A temp directory for config files, removed after the test file. */
+const dirs: string[] = [];
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'strata-config-'));
+  dirs.push(dir);
+  return dir;
+}
+afterAll(() => {
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+});
 
 describe('loadConfig', () => {
   it('has defaults for everything but the database', () => {
@@ -54,7 +65,7 @@ describe('loadConfig', () => {
   });
 
   it('reads a YAML file, overridden by the environment', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'strata-config-'));
+    const dir = tempDir();
     const file = join(dir, 'strata.yaml');
     writeFileSync(file, 'PORT: 6000\nSTRATA_STORAGE: postgres\n');
     expect(loadConfig({ STRATA_CONFIG: file }).port).toBe(6000);
@@ -63,7 +74,7 @@ describe('loadConfig', () => {
   });
 
   it('names an unknown key of a file and a bad file', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'strata-config-'));
+    const dir = tempDir();
     const file = join(dir, 'strata.json');
     writeFileSync(file, '{"PROT": 1}');
     expect(errorOf(() => loadConfig({ STRATA_CONFIG: file })).key).toBe('PROT');
