@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { pushBlob, randomBlob, sha256 } from '../support/http';
+import { imageManifest, pushBlob, randomBlob, sha256 } from '../support/http';
 import { startServer, type ServerProcess } from '../support/server-process';
 import { createTestDatabase, type TestDatabase } from '../support/test-database';
 
@@ -97,22 +97,7 @@ describe('the strata process while its database connections are terminated', () 
           statuses.push(cfg.status);
           await cfg.arrayBuffer();
           if (cfg.status !== 201) continue;
-          const manifest = JSON.stringify({
-            schemaVersion: 2,
-            mediaType: 'application/vnd.oci.image.manifest.v1+json',
-            config: {
-              mediaType: 'application/vnd.oci.image.config.v1+json',
-              digest: sha256(config),
-              size: config.length,
-            },
-            layers: [
-              {
-                mediaType: 'application/vnd.oci.image.layer.v1.tar',
-                digest: blob.digest,
-                size: blob.data.length,
-              },
-            ],
-          });
+          const manifest = imageManifest(config, [{ digest: blob.digest, size: blob.data.length }]);
           const put = await fetch(`${server.url}/v2/${repo}/manifests/t${i % 3}`, {
             method: 'PUT',
             headers: { 'content-type': 'application/vnd.oci.image.manifest.v1+json' },

@@ -23,3 +23,22 @@ export async function pushBlob(base: string, repo: string, data: Buffer, digest?
   url.searchParams.set('digest', digest ?? sha256(data));
   return fetch(url, { method: 'PUT', body: data, headers: { 'content-type': 'application/octet-stream' } });
 }
+
+/** An OCI image manifest, as JSON text, for `config` and layers already pushed. */
+export function imageManifest(
+  config: Buffer,
+  layers: readonly { digest: string; size: number }[] = [],
+  annotations?: Record<string, string>,
+): string {
+  return JSON.stringify({
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: {
+      mediaType: 'application/vnd.oci.image.config.v1+json',
+      digest: sha256(config),
+      size: config.length,
+    },
+    layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar', ...l })),
+    ...(annotations ? { annotations } : {}),
+  });
+}

@@ -48,15 +48,13 @@ export function createPool(options: DatabaseOptions): pg.Pool {
     idle_in_transaction_session_timeout: options.idleInTransactionTimeoutMs ?? 60_000,
   });
   const lost = options.onConnectionLost ?? ((): void => undefined);
-  const held = new WeakSet<pg.PoolClient>();
-  pool.on('error', lost); // idle connections: pg-pool's own listener forwards these
-  pool.on('acquire', (client) => held.add(client));
-  pool.on('release', (_err, client) => held.delete(client));
-  // A connection ended under its holder errors twice (the server's message, then the socket's end): told once.
+  // pg-pool re-emits an idle connection's error on the pool, which must be listened to; it is reported below.
+  pool.on('error', () => undefined);
+  // A connection ended by the server errors twice (the server's message, then the socket's end): told once.
   const told = new WeakSet<pg.PoolClient>();
   pool.on('connect', (client) =>
     client.on('error', (err) => {
-      if (!held.has(client) || told.has(client)) return;
+      if (told.has(client)) return;
       told.add(client);
       lost(err);
     }),

@@ -26,12 +26,10 @@ export function parsePage(n: string | undefined, last: string | undefined): Page
     if (!/^\d{1,9}$/.test(n)) throw new RegistryError('PAGINATION_NUMBER_INVALID', { n });
     limit = Math.min(Number(n), MAX_PAGE_SIZE);
   }
-  if (last === undefined || last === '') return { limit, last: null };
   // PostgreSQL text cannot carry U+0000, and no name or tag holds one. Under bytewise order the names after
   // "a\0b" are exactly those after "a", so the marker is cut at its first NUL instead of being refused.
-  const nul = last.indexOf('\0');
-  if (nul === 0) return { limit, last: null };
-  return { limit, last: nul > 0 ? last.slice(0, nul) : last };
+  const marker = last?.split('\0', 1)[0] ?? '';
+  return { limit, last: marker === '' ? null : marker };
 }
 
 function toPage(rows: string[], limit: number): Page {

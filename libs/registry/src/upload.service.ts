@@ -54,6 +54,13 @@ interface Chunk {
   readonly unsynced_boot: string | null;
 }
 
+/** What the publishing part of a commit leaves: the chunks to remove, and the copy it made, if any. */
+interface Published {
+  readonly chunks: Chunk[];
+  readonly created: boolean;
+  readonly key: string | null;
+}
+
 /** A blob ready to be made visible: what `publishOne` and `publishMany` write. */
 interface Publication {
   readonly repositoryId: number;
@@ -572,96 +579,87 @@ export class UploadService {
     // Between the reads above and the commit, a cancel or a racing commit of the same upload may remove its
     // objects: whatever that breaks here, the answer is then that the upload is gone.
     const repositoryId = row.repository_id;
-    const { chunks, created, key } = await this.unlessGone(
-      id,
-      digest,
-      async () => {
-        const chunks = await this.chunks(id);
-        if (chunks.reduce((n, c) => n + c.size, 0) !== size) {
-          // A PATCH of the same upload landed since its row was read: the client raced its own requests.
-          const now = await this.load(repository, id);
-          throw this.rangeError(repository, id, now.size);
-        }
-        const trusted = await this.syncChunks(id, chunks);
-        const actual = await this.finalDigest(row, algorithm, trusted);
-        if (actual !== hex) {
-          throw new RegistryError('DIGEST_INVALID', {
-            expected: digest,
-            actual: `${algorithm}:${actual}`,
-            size,
-          });
-        }
-        const existing = await this.db
-          .selectFrom('blobs')
-          .select(['size'])
-          .where('digest', '=', digest)
-          .executeTakeFirst();
-        let key: string | null = null;
-        if (!existing && (!this.storage.transactional || chunks.length === 0)) {
-          key = blobKey(hex);
-          if (chunks.length === 0) await this.storage.write(key, emptyIterable());
-          else
-            await this.storage.compose(
-              key,
-              chunks.map((c) => c.storage_key),
-            );
-        }
-        let created = false;
-        try {
-          created = await this.db.transaction().execute(async (tx) => {
-            if (!existing && key === null) {
-              // Identical commits wait for each other here, so only the first copies bytes inside the database;
-              // the others find its row and link it. Waiting, not losing: every one of them still answers 201.
-              await sql`SELECT pg_advisory_xact_lock(hashtextextended(${digest}, 0))`.execute(tx);
-              const raced = await tx
-                .selectFrom('blobs')
-                .select('digest')
-                .where('digest', '=', digest)
-                .executeTakeFirst();
-              if (!raced) {
-                key = blobKey(hex);
-                await this.storage.compose(
-                  key,
-                  chunks.map((c) => c.storage_key),
-                  tx,
-                );
-              }
-            }
-            const inserted = await this.publish(tx, repositoryId, digest, size, key);
-            const removed = await tx
-              .deleteFrom('uploads')
-              .where('id', '=', id)
-              .where('size', '=', size)
+    const { chunks, created, key } = await this.unlessGone(id, repositoryId, digest, async () => {
+      const chunks = await this.chunks(id);
+      if (chunks.reduce((n, c) => n + c.size, 0) !== size) {
+        // A PATCH of the same upload landed since its row was read: the client raced its own requests.
+        const now = await this.load(repository, id);
+        throw this.rangeError(repository, id, now.size);
+      }
+      const trusted = await this.syncChunks(id, chunks);
+      const actual = await this.finalDigest(row, algorithm, trusted);
+      if (actual !== hex) {
+        throw new RegistryError('DIGEST_INVALID', {
+          expected: digest,
+          actual: `${algorithm}:${actual}`,
+          size,
+        });
+      }
+      const existing = await this.db
+        .selectFrom('blobs')
+        .select(['size'])
+        .where('digest', '=', digest)
+        .executeTakeFirst();
+      let key: string | null = null;
+      if (!existing && (!this.storage.transactional || chunks.length === 0)) {
+        key = blobKey(hex);
+        if (chunks.length === 0) await this.storage.write(key, emptyIterable());
+        else
+          await this.storage.compose(
+            key,
+            chunks.map((c) => c.storage_key),
+          );
+      }
+      let created = false;
+      try {
+        created = await this.db.transaction().execute(async (tx) => {
+          if (!existing && key === null) {
+            // Identical commits wait for each other here, so only the first copies bytes inside the database;
+            // the others find its row and link it. Waiting, not losing: every one of them still answers 201.
+            await sql`SELECT pg_advisory_xact_lock(hashtextextended(${digest}, 0))`.execute(tx);
+            const raced = await tx
+              .selectFrom('blobs')
+              .select('digest')
+              .where('digest', '=', digest)
               .executeTakeFirst();
-            if (removed.numDeletedRows !== 1n) {
-              // Gone, or grown by a PATCH that landed meanwhile (the client raced its own requests): say which.
-              const now = await tx
-                .selectFrom('uploads')
-                .select('size')
-                .where('id', '=', id)
-                .executeTakeFirst();
-              if (now) throw this.rangeError(repository, id, now.size);
-              throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+            if (!raced) {
+              key = blobKey(hex);
+              await this.storage.compose(
+                key,
+                chunks.map((c) => c.storage_key),
+                tx,
+              );
             }
-            await this.events.append(tx, {
-              type: 'upload.committed',
-              repository,
-              subject: digest,
-              payload: { upload_id: id, digest, size, existed: !inserted },
-              meta,
-            });
-            return inserted;
+          }
+          const inserted = await this.publish(tx, repositoryId, digest, size, key);
+          const removed = await tx
+            .deleteFrom('uploads')
+            .where('id', '=', id)
+            .where('size', '=', size)
+            .executeTakeFirst();
+          if (removed.numDeletedRows !== 1n) {
+            // Gone, or grown by a PATCH that landed meanwhile (the client raced its own requests): say which.
+            const now = await tx.selectFrom('uploads').select('size').where('id', '=', id).executeTakeFirst();
+            if (now) throw this.rangeError(repository, id, now.size);
+            throw new RegistryError('BLOB_UPLOAD_UNKNOWN', { upload: id });
+          }
+          await this.events.append(tx, {
+            type: 'upload.committed',
+            repository,
+            subject: digest,
+            payload: { upload_id: id, digest, size, existed: !inserted },
+            meta,
           });
-        } catch (e) {
-          // Not a plain delete: a connection lost during COMMIT fails here too, after the row naming the key
-          // may have committed.
-          if (key !== null && !this.storage.transactional) await this.removeUnpublished(key);
-          throw e;
-        }
-        return { chunks, created, key };
-      },
-      repositoryId,
-    );
+          return inserted;
+        });
+      } catch (e) {
+        // Not a plain delete: a connection lost during COMMIT fails here too, after the row naming the key
+        // may have committed.
+        if (key !== null && !this.storage.transactional) await this.removeUnpublished(key);
+        throw e;
+      }
+      return { chunks, created, key };
+    });
     this.forget(id);
     // The upload's own bytes are no longer needed: a composed blob holds its own links or copy.
     await this.removeObjects([
@@ -680,10 +678,10 @@ export class UploadService {
    */
   private async unlessGone(
     id: string,
-    digest: string,
-    work: () => Promise<{ chunks: Chunk[]; created: boolean; key: string | null }>,
     repositoryId: number,
-  ): Promise<{ chunks: Chunk[]; created: boolean; key: string | null }> {
+    digest: string,
+    work: () => Promise<Published>,
+  ): Promise<Published> {
     try {
       return await work();
     } catch (e) {
