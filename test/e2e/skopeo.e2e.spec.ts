@@ -1,26 +1,14 @@
-import { execFile, execFileSync, spawnSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { ensureDebianPackage, reportSkip } from '../support/debian';
 import { startTestApp, type TestApp } from '../support/test-app';
 
 const execFileAsync = promisify(execFile);
 const hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-/** A client from Debian's packages: installed when missing and this process may (root). Null, with why, if not. */
-function ensureTool(tool: 'skopeo' | 'podman'): string | null {
-  if (spawnSync(tool, ['--version']).status === 0) return null;
-  if (process.getuid?.() !== 0) return `${tool} is not installed and this user cannot install it (not root)`;
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  spawnSync('apt-get', ['update', '-qq'], { env, stdio: 'ignore' });
-  const r = spawnSync('apt-get', ['install', '-y', '-qq', tool], { env, encoding: 'utf8' });
-  if (r.status !== 0 || spawnSync(tool, ['--version']).status !== 0) {
-    return `${tool} could not be installed from Debian's packages: ${(r.stderr || '').trim().split('\n').pop()}`;
-  }
-  return null;
-}
 
 interface Layout {
   readonly dir: string;
@@ -91,10 +79,10 @@ async function buildLayout(root: string, layers: number): Promise<Layout> {
   return { dir, manifestDigest, blobDigests: [configDesc.digest, ...layerDescs.map((l) => l.digest)] };
 }
 
-const skip = ensureTool('skopeo');
-if (skip) process.stdout.write(`\nSKIPPING the skopeo end-to-end test: ${skip}\n`);
-const skipPodman = ensureTool('podman');
-if (skipPodman) process.stdout.write(`\nSKIPPING the podman end-to-end test: ${skipPodman}\n`);
+const skip = ensureDebianPackage('skopeo');
+reportSkip('the skopeo end-to-end test', skip);
+const skipPodman = ensureDebianPackage('podman');
+reportSkip('the podman end-to-end test', skipPodman);
 
 /** Runs a client asynchronously: the registry under test serves from this same process. */
 async function run(tool: string, ...args: string[]): Promise<string> {
