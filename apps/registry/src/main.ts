@@ -6,6 +6,7 @@ import { collectWhenQuiet, FilesystemDriver } from '@strata/storage';
 import { ConfigError, loadConfig, type Config } from './config/config';
 import { createApp } from './http/create-app';
 import { createLogger } from './http/logger';
+import { reloadOnHangup, warnIfExposed } from './http/tls';
 import { startDatabase, startRuntime, stopRuntime } from './runtime';
 
 const USAGE = `usage: strata [serve | migrate | verify-config]
@@ -36,7 +37,11 @@ async function serve(config: Config): Promise<void> {
   );
   const runtime = await startRuntime(config, logger);
   const app = await createApp(runtime);
+  // Before listening, so a SIGHUP sent once the port answers reloads rather than kills.
+  if (config.tls) reloadOnHangup(app.getHttpAdapter().getInstance().server, config.tls, logger);
   await app.listen(config.port, config.host);
+  // Identity (issue 18) will pass whether authentication is on.
+  warnIfExposed(logger, { host: config.host, port: config.port, tls: config.tls !== null, auth: false });
   // Memory a burst of requests grew is handed back once it is over, not kept until the next one.
   collectWhenQuiet();
   logger.info(

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -79,5 +80,73 @@ describe('loadConfig', () => {
     writeFileSync(file, '{"PROT": 1}');
     expect(errorOf(() => loadConfig({ STRATA_CONFIG: file })).key).toBe('PROT');
     expect(errorOf(() => loadConfig({ STRATA_CONFIG: join(dir, 'missing.yaml') })).key).toBe('STRATA_CONFIG');
+  });
+});
+
+/** A self-signed certificate and its key, made by openssl in a temp directory. */
+function selfSigned(dir: string, name: string): { cert: string; key: string } {
+  const cert = join(dir, `${name}.crt`);
+  const key = join(dir, `${name}.key`);
+  execFileSync(
+    'openssl',
+    ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1'].concat([
+      '-subj',
+      `/CN=${name}`,
+      '-keyout',
+      key,
+      '-out',
+      cert,
+    ]),
+    { stdio: 'ignore' },
+  );
+  return { cert, key };
+}
+
+describe('TLS settings', () => {
+  it('are off unless set', () => {
+    expect(loadConfig({}).tls).toBeNull();
+  });
+
+  it('take a certificate and its key, as absolute paths', () => {
+    const dir = tempDir();
+    const { cert, key } = selfSigned(dir, 'a');
+    expect(loadConfig({ STRATA_TLS_CERT: cert, STRATA_TLS_KEY: key }).tls).toEqual({
+      certFile: cert,
+      keyFile: key,
+    });
+  });
+
+  it.each([
+    ['STRATA_TLS_KEY', 'a certificate without a key', { STRATA_TLS_CERT: 'a.crt' }],
+    ['STRATA_TLS_CERT', 'a key without a certificate', { STRATA_TLS_KEY: 'a.key' }],
+  ])('name %s for %s', (key, _what, env) => {
+    const e = errorOf(() => loadConfig(env));
+    expect(e.key).toBe(key);
+    expect(e.message).toContain(key);
+    expect(e.message).not.toContain('\n');
+  });
+
+  it('name the file that cannot be read, is not PEM, or does not belong to the other', () => {
+    const dir = tempDir();
+    const a = selfSigned(dir, 'a');
+    const b = selfSigned(dir, 'b');
+    const garbage = join(dir, 'garbage.pem');
+    writeFileSync(garbage, 'not a certificate\n');
+    const cases: [Record<string, string>, string, string][] = [
+      [{ STRATA_TLS_CERT: join(dir, 'missing.crt'), STRATA_TLS_KEY: a.key }, 'STRATA_TLS_CERT', 'ENOENT'],
+      [{ STRATA_TLS_CERT: a.cert, STRATA_TLS_KEY: join(dir, 'missing.key') }, 'STRATA_TLS_KEY', 'ENOENT'],
+      [{ STRATA_TLS_CERT: garbage, STRATA_TLS_KEY: a.key }, 'STRATA_TLS_CERT', 'not a PEM certificate'],
+      [{ STRATA_TLS_CERT: a.cert, STRATA_TLS_KEY: garbage }, 'STRATA_TLS_KEY', 'not an unencrypted PEM'],
+      [
+        { STRATA_TLS_CERT: a.cert, STRATA_TLS_KEY: b.key },
+        'STRATA_TLS_KEY',
+        'not the key of the certificate',
+      ],
+    ];
+    for (const [env, key, reason] of cases) {
+      const e = errorOf(() => loadConfig(env));
+      expect([e.key, e.message]).toEqual([key, expect.stringContaining(reason)]);
+      expect(e.message).not.toContain('\n');
+    }
   });
 });

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
+import { readTlsFiles, TlsFileError, type TlsFiles } from '../http/tls';
 
 export type StorageDriverName = 'filesystem' | 'postgres';
 
@@ -28,6 +29,8 @@ export interface Config {
   readonly directIo: boolean;
   /** With `directIo`: bytes at the start of each blob still written through the page cache. */
   readonly directIoAfter: number;
+  /** HTTPS on `port` with this certificate and key (checked readable and matching at start); null: plain HTTP. */
+  readonly tls: TlsFiles | null;
 }
 
 export class ConfigError extends Error {
@@ -58,6 +61,8 @@ const KEYS = [
   'STRATA_DEFER_CHUNK_SYNC',
   'STRATA_DIRECT_IO',
   'STRATA_DIRECT_IO_AFTER',
+  'STRATA_TLS_CERT',
+  'STRATA_TLS_KEY',
 ] as const;
 
 const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
@@ -93,6 +98,22 @@ function parseBool(key: string, raw: string): boolean {
   if (['1', 'true', 'yes', 'on'].includes(v)) return true;
   if (['0', 'false', 'no', 'off'].includes(v)) return false;
   throw new ConfigError(key, `expected true or false, got ${JSON.stringify(raw)}`);
+}
+
+/** Both files or neither; both readable, valid and belonging together, so a bad pair stops the start. */
+function tlsFiles(cert: string | undefined, key: string | undefined): TlsFiles | null {
+  if (cert === undefined && key === undefined) return null;
+  if (key === undefined) throw new ConfigError('STRATA_TLS_KEY', 'must be set when STRATA_TLS_CERT is');
+  if (cert === undefined) throw new ConfigError('STRATA_TLS_CERT', 'must be set when STRATA_TLS_KEY is');
+  const files = { certFile: resolve(cert), keyFile: resolve(key) };
+  try {
+    readTlsFiles(files);
+  } catch (e) {
+    if (e instanceof TlsFileError)
+      throw new ConfigError(e.file === 'cert' ? 'STRATA_TLS_CERT' : 'STRATA_TLS_KEY', e.message);
+    throw e;
+  }
+  return files;
 }
 
 function oneOf<T extends string>(key: string, raw: string, allowed: readonly T[]): T {
@@ -198,5 +219,6 @@ export function loadConfig(env: Source = process.env): Config {
       0,
       2 ** 40,
     ),
+    tls: tlsFiles(get('STRATA_TLS_CERT'), get('STRATA_TLS_KEY')),
   };
 }

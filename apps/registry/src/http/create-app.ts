@@ -10,6 +10,7 @@ import { PinoNestLogger } from './logger';
 import { OciExceptionFilter, sendError } from './oci-exception.filter';
 import { rewriteOciUrl } from './oci-route';
 import { requestContext } from './request-context';
+import { readTlsFiles } from './tls';
 
 const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -19,7 +20,10 @@ const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
  */
 export async function createApp(runtime: Runtime): Promise<NestFastifyApplication> {
   const { logger } = runtime;
+  const { tls } = runtime.config;
   const adapter = new FastifyAdapter({
+    // HTTPS on the same port; main's SIGHUP handler swaps in a renewed certificate.
+    ...(tls ? { https: readTlsFiles(tls) } : {}),
     loggerInstance: logger,
     disableRequestLogging: true,
     exposeHeadRoutes: false,
