@@ -1,122 +1,35 @@
-import { execFile, execFileSync } from 'node:child_process';
-import { promisify } from 'node:util';
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import {
+  buildLayout,
+  createContainersEnv,
+  sha256Hex as hex,
+  type ContainersEnv,
+} from '../support/containers';
 import { ensureDebianPackage, reportSkip } from '../support/debian';
 import { startTestApp, type TestApp } from '../support/test-app';
-
-const execFileAsync = promisify(execFile);
-const hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-interface Layout {
-  readonly dir: string;
-  readonly manifestDigest: string;
-  readonly blobDigests: string[];
-}
-
-/** An OCI image layout on disk: real tar layers of random files, a config, a manifest and index.json. */
-async function buildLayout(root: string, layers: number): Promise<Layout> {
-  const dir = join(root, 'layout');
-  const blobs = join(dir, 'blobs', 'sha256');
-  await mkdir(blobs, { recursive: true });
-  const put = async (b: Buffer): Promise<string> => {
-    const h = hex(b);
-    await writeFile(join(blobs, h), b);
-    return `sha256:${h}`;
-  };
-  const layerDescs = [];
-  for (let i = 0; i < layers; i++) {
-    const src = join(root, `layer${i}`);
-    await mkdir(src, { recursive: true });
-    await writeFile(join(src, `file${i}.bin`), randomBytes(512 * 1024 * (i + 1)));
-    await writeFile(join(src, `note${i}.txt`), `layer ${i}\n`);
-    const tar = execFileSync('tar', ['-C', src, '-cf', '-', '.'], { maxBuffer: 64 << 20 });
-    layerDescs.push({
-      mediaType: 'application/vnd.oci.image.layer.v1.tar',
-      digest: await put(tar),
-      size: tar.length,
-    });
-  }
-  const config = Buffer.from(
-    JSON.stringify({
-      architecture: 'amd64',
-      os: 'linux',
-      config: { Cmd: ['/bin/true'] },
-      rootfs: { type: 'layers', diff_ids: layerDescs.map((l) => l.digest) },
-    }),
-  );
-  const configDesc = {
-    mediaType: 'application/vnd.oci.image.config.v1+json',
-    digest: await put(config),
-    size: config.length,
-  };
-  const manifest = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: 'application/vnd.oci.image.manifest.v1+json',
-      config: configDesc,
-      layers: layerDescs,
-    }),
-  );
-  const manifestDigest = await put(manifest);
-  await writeFile(join(dir, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
-  await writeFile(
-    join(dir, 'index.json'),
-    JSON.stringify({
-      schemaVersion: 2,
-      manifests: [
-        {
-          mediaType: 'application/vnd.oci.image.manifest.v1+json',
-          digest: manifestDigest,
-          size: manifest.length,
-          annotations: { 'org.opencontainers.image.ref.name': 'v1' },
-        },
-      ],
-    }),
-  );
-  return { dir, manifestDigest, blobDigests: [configDesc.digest, ...layerDescs.map((l) => l.digest)] };
-}
 
 const skip = ensureDebianPackage('skopeo');
 reportSkip('the skopeo end-to-end test', skip);
 const skipPodman = ensureDebianPackage('podman');
 reportSkip('the podman end-to-end test', skipPodman);
 
-/** Runs a client asynchronously: the registry under test serves from this same process. */
-async function run(tool: string, ...args: string[]): Promise<string> {
-  try {
-    const { stdout } = await execFileAsync(tool, args, { encoding: 'utf8', timeout: 120_000 });
-    return stdout;
-  } catch (e) {
-    throw new Error(`${tool} ${args.join(' ')} failed: ${(e as { stderr?: string }).stderr ?? String(e)}`);
-  }
-}
-
 (skip ? describe.skip : describe)('skopeo against Strata', () => {
   let t: TestApp;
+  let containers: ContainersEnv;
   let root: string;
+  const skopeo = (...args: string[]): Promise<string> => containers.run('skopeo', ...args);
 
   beforeAll(async () => {
     t = await startTestApp();
-    root = await mkdtemp(join(tmpdir(), 'strata-skopeo-'));
+    containers = await createContainersEnv();
+    root = containers.root;
   });
   afterAll(async () => {
     expect(t.serverErrors()).toEqual([]);
     await t.close();
-    await rm(root, { recursive: true, force: true });
+    await containers.close();
   });
-
-  // Asynchronous: the registry under test serves from this same process, so a blocking spawn would hang both.
-  async function skopeo(...args: string[]): Promise<string> {
-    try {
-      const { stdout } = await execFileAsync('skopeo', args, { encoding: 'utf8', timeout: 120_000 });
-      return stdout;
-    } catch (e) {
-      throw new Error(`skopeo ${args.join(' ')} failed: ${(e as { stderr?: string }).stderr ?? String(e)}`);
-    }
-  }
 
   it('pushes an OCI image layout and pulls it back with every digest the same', async () => {
     const layout = await buildLayout(root, 3);
@@ -157,6 +70,8 @@ async function run(tool: string, ...args: string[]): Promise<string> {
 
     const tags = (await (await fetch(`${t.url}/v2/e2e/app/tags/list`)).json()) as { tags: string[] };
     expect(tags.tags).toEqual(['v1']);
+    // What containers/image caches for root went to the test's own tree, not /var/lib/containers/cache.
+    if (containers.isolated) expect(await readdir(join(root, 'var-lib-containers', 'cache'))).not.toEqual([]);
   });
 
   it('copies between two repositories of the registry, mounting blobs instead of re-sending them', async () => {
@@ -177,43 +92,43 @@ async function run(tool: string, ...args: string[]): Promise<string> {
 
 (skipPodman ? describe.skip : describe)('podman against Strata', () => {
   let t: TestApp;
+  let containers: ContainersEnv;
   let root: string;
+  const podman = (...args: string[]): Promise<string> => containers.run('podman', ...args);
 
   beforeAll(async () => {
     t = await startTestApp();
-    // podman names the image it imports after the layout's path, and image names must be lowercase.
-    root = join(tmpdir(), `strata-podman-${randomBytes(6).toString('hex')}`);
-    await mkdir(root);
+    // Its own storage, so the image pulled back cannot be one the machine already had.
+    containers = await createContainersEnv();
+    root = containers.root;
   });
   afterAll(async () => {
     expect(t.serverErrors()).toEqual([]);
     await t.close();
-    await rm(root, { recursive: true, force: true });
+    await containers.close();
   });
 
   it('pushes an image with podman and pulls it back with the same image id and layers', async () => {
     const layout = await buildLayout(root, 2);
     const host = t.url.replace('http://', '');
-    const local = `localhost/strata-e2e/podman-${Date.now()}:v1`;
+    const local = 'localhost/strata-e2e/podman:v1';
     const remote = `${host}/e2e/podman:v1`;
     const configHex = layout.blobDigests[0]!.slice('sha256:'.length);
-    await run('podman', 'pull', '--quiet', `oci:${layout.dir}:v1`);
-    await run('podman', 'tag', configHex, local);
-    try {
-      await run('podman', 'push', '--quiet', '--tls-verify=false', local, `docker://${remote}`);
-      const tags = (await (await fetch(`${t.url}/v2/e2e/podman/tags/list`)).json()) as { tags: string[] };
-      expect(tags.tags).toEqual(['v1']);
-      await run('podman', 'rmi', '--force', local, configHex);
-      await run('podman', 'pull', '--quiet', '--tls-verify=false', remote);
-      const id = (await run('podman', 'image', 'inspect', '--format', '{{.Id}}', remote)).trim();
-      expect(id).toBe(configHex);
-      const head = await fetch(`${t.url}/v2/e2e/podman/manifests/v1`, { method: 'HEAD' });
-      expect(head.status).toBe(200);
-      const digests = (await run('podman', 'image', 'inspect', '--format', '{{.Digest}}', remote)).trim();
-      expect(digests).toBe(head.headers.get('docker-content-digest'));
-    } finally {
-      await run('podman', 'rmi', '--force', remote).catch(() => undefined);
-      await run('podman', 'rmi', '--force', configHex).catch(() => undefined);
-    }
+    const store = await podman('info', '--format', '{{.Store.GraphDriverName}} {{.Store.GraphRoot}}');
+    expect(store.trim()).toBe(`vfs ${join(root, 'storage')}`);
+    await podman('pull', '--quiet', `oci:${layout.dir}:v1`);
+    await podman('tag', configHex, local);
+    await podman('push', '--quiet', '--tls-verify=false', local, `docker://${remote}`);
+    const tags = (await (await fetch(`${t.url}/v2/e2e/podman/tags/list`)).json()) as { tags: string[] };
+    expect(tags.tags).toEqual(['v1']);
+    await podman('rmi', '--force', local, configHex);
+    expect((await podman('images', '--quiet')).trim()).toBe('');
+    await podman('pull', '--quiet', '--tls-verify=false', remote);
+    const id = (await podman('image', 'inspect', '--format', '{{.Id}}', remote)).trim();
+    expect(id).toBe(configHex);
+    const head = await fetch(`${t.url}/v2/e2e/podman/manifests/v1`, { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    const digests = (await podman('image', 'inspect', '--format', '{{.Digest}}', remote)).trim();
+    expect(digests).toBe(head.headers.get('docker-content-digest'));
   });
 });
