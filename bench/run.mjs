@@ -3,12 +3,14 @@
 // each, one server loaded at a time, printed as one markdown table (also written to bench/results.md).
 //   npm run bench                 full run (~5–10 min on 2 cores)
 //   BENCH_QUICK=1                 small sizes, for a smoke run (~1 min)
-//   BENCH_SERVERS=strata          one side only (or reference)
+//   BENCH_SERVERS=strata          one side only (or reference, or strata-lo: Strata on STRATA_STORAGE=postgres,
+//                                 which runs the skopeo workloads only and is compared with the filesystem Strata)
 //   BENCH_SEQUENTIAL=1            one server's whole suite, then the other's (default: workload by workload)
 //   BENCH_REPS=3                  repetitions of uploads, download and skopeo (median reported)
 //   BENCH_ONLY=small,manifests    only the workloads whose names contain one of these words
 //   BENCH_QUIET_WAIT=<seconds>    how long to wait, before each workload, for other jobs on the machine to go quiet
 //   BENCH_STRATA_ENV="K=V …"      extra settings for the Strata server (e.g. STRATA_DIRECT_IO=false)
+//   BENCH_LO_BASE=/path/to/checkout  also runs a second large-object Strata built from that checkout (A/B, same run)
 //   DATABASE_URL=postgres://…     PostgreSQL server to create the throw-away bench database on
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -36,7 +38,9 @@ const QUIET_WAIT_S = Number(process.env.BENCH_QUIET_WAIT ?? (QUICK ? 3 : 15));
 // Default: both servers up, each workload run on one, then on the other. BENCH_SEQUENTIAL=1: one server's
 // whole suite, then the other's, with only one server process alive at a time.
 const SEQUENTIAL = /^(1|true|yes)$/i.test(process.env.BENCH_SEQUENTIAL ?? '');
-const SERVERS = (process.env.BENCH_SERVERS ?? 'reference,strata').split(',').map((s) => s.trim());
+const SERVERS = (process.env.BENCH_SERVERS ?? 'reference,strata,strata-lo').split(',').map((s) => s.trim());
+const LO_BASE = process.env.BENCH_LO_BASE?.trim() || null;
+if (LO_BASE && SERVERS.includes('strata-lo')) SERVERS.push('strata-lo-base');
 
 const SIZES = QUICK
   ? {
@@ -167,6 +171,27 @@ const METRICS = [
   { key: 'peakRssMiB', label: 'server peak RSS, VmHWM (MiB)', higher: false, target: null, fmt: 0 },
 ];
 
+// Rows for Strata with STRATA_STORAGE=postgres (large objects), against the filesystem Strata of the same run: the
+// "reference" column shows the filesystem Strata, the ratio is its time over the large-object one, and the
+// target ≥ 0.67× reads "at most 1.5× the filesystem driver's time". Memory is judged by itself (≤ 150 MiB).
+const LO_METRICS = [
+  {
+    key: 'skopeoPushSec',
+    label: `skopeo push, ${imageLabel} image${med}, STRATA_STORAGE=postgres (s; vs filesystem Strata)`,
+    target: 1 / 1.5,
+    fmt: 2,
+  },
+  {
+    key: 'skopeoPullSec',
+    label: `skopeo pull, ${imageLabel} image${med}, STRATA_STORAGE=postgres (s; vs filesystem Strata)`,
+    target: 1 / 1.5,
+    fmt: 2,
+  },
+  { key: 'peakRssMiB', label: 'STRATA_STORAGE=postgres server peak RSS, VmHWM (MiB)', limit: 150, fmt: 0 },
+];
+/** The workloads the large-object Strata runs. */
+const LO_WORKLOADS = new Set(['skopeo push', 'skopeo pull']);
+
 // workload name → function and the metric keys it yields (a failure marks all of them).
 const ALL_WORKLOADS = [
   { name: 'monolithic upload', fn: W.monolithic, repeat: true, keys: ['monoMBps'] },
@@ -276,7 +301,14 @@ async function openServer(name, ctx) {
     else {
       state.db = await createBenchDatabase();
       log(`database ${state.db.name}`);
-      state.server = await startStrata({ root: ROOT, dir, db: state.db, log });
+      state.server = await startStrata({
+        root: name === 'strata-lo-base' ? resolve(LO_BASE) : ROOT,
+        dir,
+        db: state.db,
+        log,
+        name,
+        env: name.startsWith('strata-lo') ? { STRATA_STORAGE: 'postgres' } : {},
+      });
     }
   } catch (e) {
     log(`${name} did not start: ${e.message}`);
@@ -291,6 +323,7 @@ async function openServer(name, ctx) {
 /** One run of a workload (one repetition of a repeated one); samples are kept until finish(). */
 async function runWorkload(state, w, ctx, rep) {
   const { name, server, result } = state;
+  if (name.startsWith('strata-lo') && !LO_WORKLOADS.has(w.name)) return;
   if (!server || w.keys.some((k) => result.errors[k])) return;
   if (server.child.exitCode !== null || server.child.signalCode !== null) {
     for (const k of w.keys)
@@ -389,6 +422,41 @@ function table(results) {
       `| ${cell(m.label)} | ${cell(show(ref))} | ${cell(show(str))} | ${ratio === undefined ? '—' : `${ratio.toFixed(2)}× (${ratioLabel})`} | ${m.target === null ? '—' : `≥ ${m.target}×`} | ${verdict} |`,
     );
   }
+  for (const [name, title] of [
+    ['strata-lo', 'STRATA_STORAGE=postgres'],
+    ['strata-lo-base', `STRATA_STORAGE=postgres, built from ${LO_BASE}`],
+  ]) {
+    const lo = results[name];
+    if (!lo) continue;
+    rows.push(
+      `| **${cell(title)}** (reference column: the filesystem Strata above) | filesystem | postgres | fs/postgres | | |`,
+    );
+    for (const m of LO_METRICS) {
+      const show = (r) =>
+        r.errors[m.key] ? `error: ${short(r.errors[m.key])}` : fmtNum(r.metrics[m.key], m.fmt);
+      const a = str.metrics[m.key];
+      const b = lo.metrics[m.key];
+      const ok = (x) => typeof x === 'number' && Number.isFinite(x) && x > 0;
+      let ratio;
+      let verdict;
+      let target;
+      if (m.limit !== undefined) {
+        target = `≤ ${m.limit}`;
+        verdict = lo.errors[m.key] ? 'error' : !ok(b) ? 'n/a' : b <= m.limit ? 'pass' : '**FAIL**';
+        ratio = '—';
+      } else {
+        target = `≥ ${m.target.toFixed(2)}× (≤ 1.5× fs)`;
+        const r = ok(a) && ok(b) ? a / b : undefined;
+        ratio = r === undefined ? '—' : `${r.toFixed(2)}× (fs/postgres)`;
+        if (lo.errors[m.key] || str.errors[m.key]) verdict = 'error';
+        else if (r === undefined) verdict = 'n/a';
+        else verdict = r >= m.target ? 'pass' : '**FAIL**';
+      }
+      rows.push(
+        `| ${cell(m.label)} | ${m.limit !== undefined ? '—' : cell(show(str))} | ${cell(show(lo))} | ${ratio} | ${target} | ${verdict} |`,
+      );
+    }
+  }
   return rows.join('\n');
 }
 
@@ -433,7 +501,7 @@ async function main() {
   const ctx = await prepare(tmp);
 
   const results = {};
-  const names = ['reference', 'strata'].filter((n) => SERVERS.includes(n));
+  const names = ['reference', 'strata', 'strata-lo', 'strata-lo-base'].filter((n) => SERVERS.includes(n));
   if (SEQUENTIAL) {
     for (const name of names) {
       const state = await openServer(name, ctx);

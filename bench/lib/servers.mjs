@@ -137,7 +137,7 @@ function strataSettings() {
   );
 }
 
-export async function startStrata({ root, dir, db, log }) {
+export async function startStrata({ root, dir, db, log, name = 'strata', env: extra = {} }) {
   const databaseUrl = db.url;
   const port = await freePort();
   const logFile = join(dir, 'strata.log');
@@ -152,6 +152,8 @@ export async function startStrata({ root, dir, db, log }) {
     STRATA_JOBS: 'false',
     // BENCH_STRATA_ENV="STRATA_DIRECT_IO=false STRATA_DIRECT_IO_AFTER=0": settings to compare (shown in the header).
     ...strataSettings(),
+    // STRATA_STORAGE=postgres for the large-object Strata, compared with the filesystem one in the same run.
+    ...extra,
   };
   const main = join(root, 'dist/apps/registry/src/main.js');
   // Started as users start it: the launcher, with the V8 settings it carries (bin/strata).
@@ -159,9 +161,9 @@ export async function startStrata({ root, dir, db, log }) {
   if (!existsSync(main)) throw new Error(`${main} is missing: run npm run build first (npm run bench does)`);
   const child = spawnLogged(launcher, ['serve'], { env, cwd: root, logFile });
   const base = `http://127.0.0.1:${port}`;
-  log(`strata pid ${child.pid} on ${base}`);
-  await waitReady(base, child, 'strata', logFile);
-  return { name: 'strata', base, port, child, pid: child.pid, logFile, db };
+  log(`${name} pid ${child.pid} on ${base}`);
+  await waitReady(base, child, name, logFile);
+  return { name, base, port, child, pid: child.pid, logFile, db };
 }
 
 /**

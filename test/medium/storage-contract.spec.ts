@@ -76,7 +76,9 @@ async function largeObjectHarness(): Promise<Harness> {
         SELECT 'incomplete ' || key AS what FROM storage_objects WHERE NOT complete
         UNION ALL
         SELECT 'orphan large object ' || m.oid AS what FROM pg_largeobject_metadata m
-        WHERE NOT EXISTS (SELECT 1 FROM storage_objects o WHERE o.loid = m.oid)`.execute(t.db);
+        WHERE NOT EXISTS (SELECT 1 FROM storage_objects o WHERE o.loid = m.oid OR o.parts @> ARRAY[m.oid])`.execute(
+        t.db,
+      );
       return r.rows.map((row) => row.what);
     },
     close: async () => {
@@ -761,7 +763,9 @@ describe('LargeObjectDriver compose joins the caller transaction', () => {
     (
       await sql<{ n: number }>`
         SELECT count(*)::int AS n FROM pg_largeobject_metadata m
-        WHERE NOT EXISTS (SELECT 1 FROM storage_objects o WHERE o.loid = m.oid)`.execute(t.db)
+        WHERE NOT EXISTS (SELECT 1 FROM storage_objects o WHERE o.loid = m.oid OR o.parts @> ARRAY[m.oid])`.execute(
+        t.db,
+      )
     ).rows[0]!.n;
 
   it('is invisible outside the transaction until it commits', async () => {

@@ -2,11 +2,14 @@ import { Readable } from 'node:stream';
 import { sql } from 'kysely';
 import type { Db, Tx } from '@strata/db';
 import { assertKey, type BlobStorage, type ByteRange } from './blob-storage';
+import { copyBytes } from './copy-out';
 import { streamed } from './reclaim';
 
-/** Bytes read per statement while streaming. */
-const SLICE = 4 * 1024 * 1024;
-/** Bytes sent per statement while writing: small, since pg encodes a bytea parameter as text on the way. */
+/** Bytes fetched per statement while streaming a read. */
+const WINDOW = 4 * 1024 * 1024;
+/** Bytes per row of a read's COPY: what pg must hold of one message at a time. */
+const ROW = 512 * 1024;
+/** Bytes sent per statement while writing; one slice is written while the next arrives. */
 const WRITE_SLICE = 1024 * 1024;
 
 function enoent(key: string): NodeJS.ErrnoException {
@@ -15,11 +18,30 @@ function enoent(key: string): NodeJS.ErrnoException {
   return e;
 }
 
+/** A run of an object's bytes: a large object, from its start. */
+interface Segment {
+  readonly loid: number;
+  readonly size: number;
+}
+
+interface StoredObject {
+  readonly size: number;
+  readonly segments: readonly Segment[];
+}
+
+/** An integer for SQL text (COPY takes no parameters). */
+function int(n: number): string {
+  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`not an offset or oid: ${n}`);
+  return String(n);
+}
+
 /**
- * Blob bytes in PostgreSQL large objects, one per key, tracked in `storage_objects`. A write streams slices
- * into the object with `lo_put` (each statement commits, so no connection is held while a client sends);
- * the object counts only once marked complete. Compose concatenates server-side inside the caller's
- * transaction, so an assembled blob becomes visible exactly when the row naming it commits.
+ * Blob bytes in PostgreSQL large objects, tracked in `storage_objects`. A write streams slices into a new large
+ * object with `lo_put` (each statement commits, so no connection is held while a client sends); the object counts
+ * only once marked complete. Compose makes a row that names its parts' large objects in order, inside the caller's
+ * transaction, so an assembled blob becomes visible exactly when the row naming it commits and no byte is copied;
+ * a large object goes with the last row that names it (migration 0008). Reads stream the segments in windows,
+ * each one COPY statement in binary format.
  */
 export class LargeObjectDriver implements BlobStorage {
   readonly driver = 'postgres' as const;
@@ -47,13 +69,22 @@ export class LargeObjectDriver implements BlobStorage {
     let size = 0;
     let pending: Buffer[] = [];
     let pendingBytes = 0;
+    // The slice on its way to the server while the next one arrives; its failure is seen at the next await.
+    let inFlight: Promise<unknown> = Promise.resolve();
     const flush = async (): Promise<void> => {
       if (pendingBytes === 0) return;
       const slice = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
-      await sql`SELECT lo_put(${loid}::oid, ${size}::bigint, ${slice})`.execute(this.db);
+      const offset = size;
       size += pendingBytes;
       pending = [];
       pendingBytes = 0;
+      await inFlight;
+      // Each slice commits without waiting for its WAL to reach the disk: the statement that marks the object
+      // complete below waits for its own commit record, and with it for every record written before it.
+      const put = sql`SELECT set_config('synchronous_commit', 'off', true),
+        strata_lo_put(${loid}::oid, ${offset}::bigint, ${slice})`.execute(this.db);
+      put.catch(() => undefined);
+      inFlight = put;
     };
     try {
       for await (const chunk of source) {
@@ -63,10 +94,12 @@ export class LargeObjectDriver implements BlobStorage {
         if (pendingBytes >= WRITE_SLICE) await flush();
       }
       await flush();
+      await inFlight;
       await sql`UPDATE storage_objects SET size = ${size}, complete = true WHERE key = ${key}`.execute(
         this.db,
       );
     } catch (e) {
+      await inFlight.catch(() => undefined);
       await this.delete(key).catch(() => undefined);
       throw e;
     }
@@ -76,44 +109,84 @@ export class LargeObjectDriver implements BlobStorage {
   async compose(key: string, parts: readonly string[], tx?: Tx): Promise<void> {
     assertKey(key);
     parts.forEach(assertKey);
+    // FOR KEY SHARE: a part being deleted meanwhile is waited for (and then missing); one not yet being deleted
+    // cannot be until this commits, so its large objects are still named when the part's row goes.
     const result = await sql<{ n: number }>`
-      WITH src AS (
-        SELECT array_agg(o.loid ORDER BY p.ord) AS loids, sum(o.size) AS size, count(*) AS n
-        FROM unnest(${sql.val(parts)}::text[]) WITH ORDINALITY AS p(key, ord)
-        JOIN storage_objects o ON o.key = p.key AND o.complete
+      WITH locked AS (
+        SELECT o.key, o.loid, o.size, o.parts, o.part_sizes FROM storage_objects o
+        WHERE o.key = ANY(${sql.val(parts)}::text[]) AND o.complete
+        FOR KEY SHARE
+      ), wanted AS (
+        SELECT p.ord, l.* FROM unnest(${sql.val(parts)}::text[]) WITH ORDINALITY AS p(key, ord)
+        JOIN locked l ON l.key = p.key
+      ), segments AS (
+        SELECT w.ord, 0::bigint AS sub, w.loid, w.size FROM wanted w WHERE w.loid IS NOT NULL
+        UNION ALL
+        SELECT w.ord, s.sub, s.loid, s.size FROM wanted w
+        CROSS JOIN LATERAL unnest(w.parts, w.part_sizes) WITH ORDINALITY AS s(loid, size, sub)
+        WHERE w.loid IS NULL
+      ), src AS (
+        SELECT
+          coalesce(array_agg(s.loid ORDER BY s.ord, s.sub) FILTER (WHERE s.size > 0), '{}') AS loids,
+          coalesce(array_agg(s.size ORDER BY s.ord, s.sub) FILTER (WHERE s.size > 0), '{}') AS sizes,
+          coalesce(sum(s.size), 0) AS size
+        FROM segments s
       )
-      INSERT INTO storage_objects (key, loid, size, complete)
-      SELECT ${key}, strata_lo_concat(src.loids), src.size, true FROM src WHERE src.n = ${parts.length}
+      INSERT INTO storage_objects (key, loid, size, complete, parts, part_sizes)
+      SELECT ${key}, NULL, src.size, true, src.loids, src.sizes FROM src
+      WHERE (SELECT count(*) FROM wanted) = ${parts.length}
       RETURNING 1 AS n`.execute(tx ?? this.db);
     if (result.rows.length !== 1) throw new Error(`failed to compose ${key}: a part is missing`);
   }
 
-  private async object(key: string): Promise<{ loid: number; size: number }> {
+  private async object(key: string): Promise<StoredObject> {
     assertKey(key);
-    const r = await sql<{ loid: number; size: number }>`
-      SELECT loid, size FROM storage_objects WHERE key = ${key} AND complete`.execute(this.db);
+    const r = await sql<{
+      loid: number | string | null;
+      size: number;
+      parts: (number | string)[] | null;
+      part_sizes: (number | string)[] | null;
+    }>`
+      SELECT loid, size, array_to_json(parts) AS parts, array_to_json(part_sizes) AS part_sizes
+      FROM storage_objects WHERE key = ${key} AND complete`.execute(this.db);
     const row = r.rows[0];
     if (!row) throw enoent(key);
-    return row;
+    if (row.loid !== null) return { size: row.size, segments: [{ loid: Number(row.loid), size: row.size }] };
+    const sizes = row.part_sizes ?? [];
+    return {
+      size: row.size,
+      segments: (row.parts ?? []).map((loid, i) => ({ loid: Number(loid), size: Number(sizes[i]) })),
+    };
   }
 
   async read(key: string, range?: ByteRange): Promise<Readable> {
-    const { loid, size } = await this.object(key);
+    const { size, segments } = await this.object(key);
     const db = this.db;
     const from = range?.start ?? 0;
     const to = range ? Math.min(range.end, size - 1) : size - 1;
-    async function* slices(): AsyncGenerator<Buffer> {
-      for (let off = from; off <= to; off += SLICE) {
-        const len = Math.min(SLICE, to - off + 1);
-        const r = await sql<{ b: Buffer }>`SELECT lo_get(${loid}::oid, ${off}::bigint, ${len}) AS b`.execute(
-          db,
-        );
-        const b = r.rows[0]?.b;
-        if (!b || b.length !== len) throw new Error(`failed to read ${key}: large object ${loid} is short`);
-        yield b;
+    async function* windows(): AsyncGenerator<Buffer> {
+      let base = 0;
+      for (const segment of segments) {
+        const segmentEnd = base + segment.size - 1;
+        for (let at = Math.max(from, base); at <= Math.min(to, segmentEnd); ) {
+          const last = Math.min(to, segmentEnd, at + WINDOW - 1);
+          const start = at - base;
+          const end = last - base;
+          const { rows, size: got } = await copyBytes(
+            db,
+            `SELECT o, lo_get(${int(segment.loid)}::oid, o, least(${ROW}, ${int(end)} - o + 1)::int)
+             FROM generate_series(${int(start)}::bigint, ${int(end)}::bigint, ${ROW}) AS o`,
+            start,
+          );
+          if (got !== end - start + 1)
+            throw new Error(`failed to read ${key}: large object ${segment.loid} is short`);
+          yield* rows;
+          at = last + 1;
+        }
+        base += segment.size;
       }
     }
-    return Readable.from(slices(), { objectMode: false });
+    return Readable.from(windows(), { objectMode: false });
   }
 
   async size(key: string): Promise<number | null> {
