@@ -9,6 +9,7 @@ export default tseslint.config(
       'data/**',
       'coverage/**',
       'bench/**',
+      'bin/*.mjs',
       '*.mjs',
       '*.cjs',
       'jest.config.js',
