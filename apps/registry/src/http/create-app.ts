@@ -66,7 +66,7 @@ export async function createApp(runtime: Runtime): Promise<NestFastifyApplicatio
     req.log[level](
       {
         method: req.method,
-        url: req.url,
+        url: req.originalUrl,
         status: reply.statusCode,
         ms: Math.round(reply.elapsedTime * 10) / 10,
         remote: req.ip,
@@ -75,7 +75,9 @@ export async function createApp(runtime: Runtime): Promise<NestFastifyApplicatio
     );
     done();
   });
-  fastify.setErrorHandler((error, req, reply) => sendError(error, req, reply, logger));
+  // Errors Fastify raises after routing (a bad Content-Length, a hook's failure) reach Nest's own error handler,
+  // which it installs at init and which passes them to the global filter below: setting a second one here would
+  // only make Fastify warn (FSTWRN004) at every start.
 
   app.useGlobalFilters(new OciExceptionFilter(logger));
   return app;

@@ -91,7 +91,7 @@ export function sendError(
   if (clientWentAway(error, request)) {
     // Nothing can be answered on a connection the client has closed, and it is not a failure of ours.
     logger.info(
-      { method: request.method, url: request.url, reason: (error as Error).message },
+      { method: request.method, url: request.originalUrl, reason: (error as Error).message },
       'client closed the connection before the request was read',
     );
     reply.raw.destroy();
@@ -99,7 +99,7 @@ export function sendError(
   }
   const e = toRegistryError(error);
   if (e.status >= 500) {
-    logger.error({ err: error, method: request.method, url: request.url }, 'failed to serve request');
+    logger.error({ err: error, method: request.method, url: request.originalUrl }, 'failed to serve request');
   }
   if (reply.sent || reply.raw.headersSent) {
     reply.raw.destroy();
