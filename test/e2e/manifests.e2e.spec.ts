@@ -651,6 +651,78 @@ describe('manifest protocol', () => {
       expect((await putManifest(repo, 'child', JSON.parse(child.body.toString()))).res.status).toBe(201);
     });
 
+    it('refuses to delete a blob that a manifest of the repository uses, naming it, and the image still pulls', async () => {
+      const repo = 'delete/used-blob';
+      const pushed = await pushImage(repo, 'v1', {}, 2);
+      const image = JSON.parse(pushed.body.toString()) as { config: Descriptor; layers: Descriptor[] };
+      const used = [image.config, ...image.layers];
+      for (const blob of used) {
+        const del = await fetch(url(`/v2/${repo}/blobs/${blob.digest}`), { method: 'DELETE' });
+        expect(del.status).toBe(409);
+        const body = (await del.json()) as { errors: { code: string; detail: unknown }[] };
+        expect(body.errors).toEqual([
+          expect.objectContaining({
+            code: 'DENIED',
+            detail: { digest: blob.digest, manifest: pushed.digest },
+          }),
+        ]);
+      }
+      // Every piece of the image is still served.
+      expect((await fetch(url(`/v2/${repo}/manifests/v1`))).status).toBe(200);
+      for (const blob of used) {
+        const get = await fetch(url(`/v2/${repo}/blobs/${blob.digest}`));
+        expect(get.status).toBe(200);
+        expect(sha256(Buffer.from(await get.arrayBuffer()))).toBe(blob.digest);
+      }
+      // A blob no manifest uses is still removed; so are the image's once its manifest is gone.
+      const loose = await blob(repo);
+      expect((await fetch(url(`/v2/${repo}/blobs/${loose.digest}`), { method: 'DELETE' })).status).toBe(202);
+      expect((await fetch(url(`/v2/${repo}/manifests/${pushed.digest}`), { method: 'DELETE' })).status).toBe(
+        202,
+      );
+      for (const blob of used) {
+        expect((await fetch(url(`/v2/${repo}/blobs/${blob.digest}`), { method: 'DELETE' })).status).toBe(202);
+      }
+      const refused = await t.database.db
+        .selectFrom('events')
+        .select('payload')
+        .where('repository', '=', repo)
+        .where('type', '=', 'blob.unlink_refused')
+        .orderBy('seq')
+        .execute();
+      expect(refused.map((e) => e.payload)).toEqual(
+        used.map((b) => ({ digest: b.digest, manifest: pushed.digest })),
+      );
+    });
+
+    it('never leaves a pushed manifest without its blobs when a blob DELETE races the push', async () => {
+      const repo = 'delete/race';
+      for (let round = 0; round < 20; round++) {
+        const layer = await blob(repo);
+        const config = { ...(await blob(repo, 32)), mediaType: MEDIA_TYPE.OCI_CONFIG };
+        const [put, del] = await Promise.all([
+          putManifest(repo, `r${round}`, {
+            schemaVersion: 2,
+            mediaType: MEDIA_TYPE.OCI_MANIFEST,
+            config,
+            layers: [layer],
+          }),
+          fetch(url(`/v2/${repo}/blobs/${layer.digest}`), { method: 'DELETE' }),
+        ]);
+        // Either the push won (the delete is refused) or the delete did (the push names an unknown blob).
+        if (put.res.status === 201) {
+          expect(del.status).toBe(409);
+          expect((await fetch(url(`/v2/${repo}/blobs/${layer.digest}`), { method: 'HEAD' })).status).toBe(
+            200,
+          );
+        } else {
+          expect(put.res.status).toBe(400);
+          expect(await errorCodes(put.res)).toEqual(['MANIFEST_BLOB_UNKNOWN']);
+          expect(del.status).toBe(202);
+        }
+      }
+    });
+
     it('answers 404 for deletes in unknown repositories and 400 for malformed digests', async () => {
       const unknown = await fetch(url(`/v2/delete/none/manifests/${sha256('x')}`), { method: 'DELETE' });
       expect(unknown.status).toBe(404);

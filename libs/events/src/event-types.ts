@@ -7,6 +7,8 @@ export interface EventPayloads {
   'upload.expired': { upload_id: string; size: number; idle_since: string };
   'blob.mounted': { digest: string; from: string; size: number };
   'blob.unlinked': { digest: string };
+  /** A blob DELETE refused because `manifest`, of the same repository, refers to the blob. */
+  'blob.unlink_refused': { digest: string; manifest: string };
   'manifest.pushed': {
     digest: string;
     media_type: string;

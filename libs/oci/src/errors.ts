@@ -67,6 +67,14 @@ export const ERROR_TABLE = {
     status: 400,
     message: 'invalid number of results requested',
   },
+  // DENIED, but 409 rather than the spec's 403: the request is refused because of the blob's present state (a
+  // manifest of the repository uses it), and succeeds once that manifest is deleted. 405 would say that
+  // deletes are off altogether, as the reference registry answers when they are disabled.
+  BLOB_REFERENCED: {
+    code: 'DENIED',
+    status: 409,
+    message: 'blob is referenced by a manifest of this repository; delete the manifest first',
+  },
   RANGE_INVALID: { code: 'RANGE_INVALID', status: 416, message: 'invalid content range' },
   MANIFEST_TOO_LARGE: { code: 'SIZE_INVALID', status: 413, message: 'manifest exceeds the size limit' },
   METHOD_UNKNOWN: { code: 'UNSUPPORTED', status: 405, message: 'method not allowed for this resource' },

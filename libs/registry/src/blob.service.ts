@@ -78,18 +78,51 @@ export class BlobService {
     return Readable.from([bytes], { objectMode: false });
   }
 
-  /** Removes the blob's link from `repository`; the bytes stay for other repositories and the collector. */
+  /**
+   * Removes the blob's link from `repository`; the bytes stay for other repositories and the collector. A blob
+   * that a manifest of the repository refers to (its config, a layer, or an artifact's blob) is refused with
+   * BLOB_REFERENCED, naming that manifest: removing the link would break every pull of it.
+   */
   async unlink(repository: string, digest: string, meta: RequestMeta): Promise<void> {
     parseDigest(digest);
     const repositoryId = await this.repositories.find(repository);
     if (repositoryId === null) throw new RegistryError('BLOB_UNKNOWN', { digest });
-    const removed = await this.db.transaction().execute(async (tx) => {
-      const del = await tx
+    const referencedBy = await this.db.transaction().execute(async (tx) => {
+      // The link is locked first: a manifest push holds it FOR SHARE from its check to its commit, so once this
+      // lock is had, the push that referred to the blob has committed its references, and the statement below
+      // (a new snapshot) sees them. A push that comes later finds the link gone and answers MANIFEST_BLOB_UNKNOWN.
+      const link = await tx
+        .selectFrom('repository_blobs')
+        .select('digest')
+        .where('repository_id', '=', repositoryId)
+        .where('digest', '=', digest)
+        .forUpdate()
+        .executeTakeFirst();
+      if (!link) throw new RegistryError('BLOB_UNKNOWN', { digest });
+      const user = await tx
+        .selectFrom('manifest_references')
+        .select('parent_digest')
+        .where('repository_id', '=', repositoryId)
+        .where('child_digest', '=', digest)
+        .where('kind', '<>', 'manifest')
+        .limit(1)
+        .executeTakeFirst();
+      if (user) {
+        // The refusal is part of the history too: who tried to remove what, and which manifest kept it.
+        await this.events.append(tx, {
+          type: 'blob.unlink_refused',
+          repository,
+          subject: digest,
+          payload: { digest, manifest: user.parent_digest },
+          meta,
+        });
+        return user.parent_digest;
+      }
+      await tx
         .deleteFrom('repository_blobs')
         .where('repository_id', '=', repositoryId)
         .where('digest', '=', digest)
-        .executeTakeFirst();
-      if (del.numDeletedRows !== 1n) return false;
+        .execute();
       await this.events.append(tx, {
         type: 'blob.unlinked',
         repository,
@@ -97,9 +130,9 @@ export class BlobService {
         payload: { digest },
         meta,
       });
-      return true;
+      return null;
     });
-    if (!removed) throw new RegistryError('BLOB_UNKNOWN', { digest });
+    if (referencedBy !== null) throw new RegistryError('BLOB_REFERENCED', { digest, manifest: referencedBy });
   }
 
   /**
