@@ -1,6 +1,8 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { reportSkip } from '../support/debian';
@@ -11,6 +13,40 @@ import { startTestApp, type TestApp } from '../support/test-app';
 const execFileAsync = promisify(execFile);
 const skip = dockerEngineUnavailable();
 reportSkip('the docker and containerd end-to-end tests', skip);
+/** An address of this machine outside 127.0.0.0/8, where docker does not trust plain HTTP by itself. */
+const outside = Object.values(networkInterfaces())
+  .flat()
+  .find((a) => a?.family === 'IPv4' && !a.internal)?.address;
+if (!skip)
+  reportSkip(
+    'the docker daemon.json insecure-registries test',
+    outside ? null : 'no address outside loopback',
+  );
+
+/** Forwards TCP connections to `address`:0 on to 127.0.0.1:`port`. */
+async function forward(address: string, port: number): Promise<{ port: number; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((client) => {
+    const upstream = createConnection(port, '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+      s.on('error', () => undefined);
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, address, resolve));
+  const bound = server.address();
+  if (!bound || typeof bound === 'string') throw new Error('no address');
+  return {
+    port: bound.port,
+    close: () =>
+      new Promise((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
 
 const DOCKER_MANIFEST = 'application/vnd.docker.distribution.manifest.v2+json';
 const DOCKER_LIST = 'application/vnd.docker.distribution.manifest.list.v2+json';
@@ -263,4 +299,37 @@ function pushedDigest(output: string): string {
     );
     expect(log.filter((e) => e.type === 'manifest.pushed').map((e) => e.subject)).toEqual([localDigest]);
   });
+
+  (outside ? it : it.skip)(
+    'trusts plain HTTP by itself on 127.0.0.0/8, and at another address only when daemon.json lists it',
+    async () => {
+      const port = Number(new URL(t.url).port);
+      const proxy = await forward(outside!, port);
+      const elsewhere = `${outside}:${proxy.port}`;
+      const second = await startDockerEngine(null, { 'insecure-registries': [elsewhere] });
+      try {
+        const src = `${host}/e2e/docker/imported:v1`;
+        // This engine was told to trust only 127.0.0.1:<port>: at the other address it insists on TLS.
+        await engine.docker('tag', src, `${elsewhere}/e2e/docker/elsewhere:v1`);
+        await expect(engine.docker('push', `${elsewhere}/e2e/docker/elsewhere:v1`)).rejects.toThrow(
+          /server gave HTTP response to HTTPS client/,
+        );
+
+        const tar = join(engine.root, 'for-second.tar');
+        await engine.docker('save', '--output', tar, src);
+        await second.docker('load', '--input', tar);
+        // No flag and nothing in daemon.json about 127.0.0.1: loopback is trusted by itself.
+        await second.docker('tag', src, `${host}/e2e/docker/loopback:v1`);
+        const loopback = pushedDigest(await second.docker('push', `${host}/e2e/docker/loopback:v1`));
+        expect(await headDigest('e2e/docker/loopback', 'v1')).toBe(loopback);
+        // Listed in daemon.json's insecure-registries: plain HTTP.
+        await second.docker('tag', src, `${elsewhere}/e2e/docker/elsewhere:v1`);
+        const pushed = pushedDigest(await second.docker('push', `${elsewhere}/e2e/docker/elsewhere:v1`));
+        expect(await headDigest('e2e/docker/elsewhere', 'v1')).toBe(pushed);
+      } finally {
+        await second.stop();
+        await proxy.close();
+      }
+    },
+  );
 });

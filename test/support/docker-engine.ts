@@ -89,9 +89,13 @@ async function mountsUnder(root: string): Promise<string[]> {
 
 /**
  * Starts containerd and dockerd on their own sockets and state under a new temporary directory, without touching
- * the host's networking (no bridge, no iptables), trusting `insecureRegistry` over plain HTTP.
+ * the host's networking (no bridge, no iptables). `insecureRegistry`, when given, is trusted over plain HTTP with
+ * dockerd's flag; `daemonConfig` is the whole of its daemon.json (nothing from the host's /etc/docker).
  */
-export async function startDockerEngine(insecureRegistry: string): Promise<DockerEngine> {
+export async function startDockerEngine(
+  insecureRegistry: string | null,
+  daemonConfig: Record<string, unknown> = {},
+): Promise<DockerEngine> {
   // Unix socket paths are limited to 107 bytes, so the root is short and in /tmp whatever TMPDIR says.
   const root = await mkdtemp('/tmp/strata-dk-');
   const children: ChildProcess[] = [];
@@ -158,17 +162,15 @@ export async function startDockerEngine(insecureRegistry: string): Promise<Docke
       run('ctr', [...ctrArgs('default'), 'version']),
     );
 
-    // An empty configuration file, so the host's /etc/docker/daemon.json plays no part.
     const daemonJson = join(root, 'daemon.json');
-    await writeFile(daemonJson, '{}\n');
+    await writeFile(daemonJson, `${JSON.stringify(daemonConfig)}\n`);
     const dockerd = await daemon('dockerd', 'dockerd', [
       '--config-file',
       daemonJson,
       '--iptables=false',
       '--ip6tables=false',
       '--bridge=none',
-      '--insecure-registry',
-      insecureRegistry,
+      ...(insecureRegistry ? ['--insecure-registry', insecureRegistry] : []),
       '--containerd',
       containerdSock,
       '--data-root',
