@@ -1,5 +1,5 @@
 import { createServer, request } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net';
 import pg from 'pg';
 import { createPool } from '@strata/db';
 import { toRegistryError } from '../../apps/registry/src/http/oci-exception.filter';
@@ -66,6 +66,36 @@ describe('database failures are answered 503 UNAVAILABLE, to be retried, not 500
       expectUnavailable(await failure(() => client.query('SELECT 1')));
     } finally {
       await killer.end();
+    }
+  });
+
+  it('a connection reset under a statement (read ECONNRESET, as a restarting server or a proxy gives)', async () => {
+    // A TCP proxy in front of the database that resets both sides once the statement is under way.
+    const target = new URL(t.url);
+    const sockets: Socket[] = [];
+    const proxy = createNetServer((inbound) => {
+      const outbound = connect(Number(target.port || 5432), target.hostname);
+      sockets.push(inbound);
+      inbound.pipe(outbound).pipe(inbound);
+      outbound.on('error', () => inbound.destroy());
+      inbound.on('error', () => outbound.destroy());
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    const via = new URL(t.url);
+    via.port = String((proxy.address() as AddressInfo).port);
+    via.hostname = '127.0.0.1';
+    const proxied = new pg.Client({ connectionString: via.toString() });
+    proxied.on('error', () => undefined);
+    try {
+      await proxied.connect();
+      const sleeping = failure(() => proxied.query('SELECT pg_sleep(5)'));
+      for (const s of sockets) s.resetAndDestroy();
+      const e = await sleeping;
+      expect(e).toMatchObject({ code: 'ECONNRESET', syscall: 'read' });
+      expectUnavailable(e);
+    } finally {
+      await proxied.end().catch(() => undefined);
+      await new Promise((r) => proxy.close(r));
     }
   });
 

@@ -36,11 +36,15 @@ const TRANSIENT_SQLSTATE = /^(08|53|57)|^40001$|^40P01$/;
 const LOST_CONNECTION =
   /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error)/;
 
-/**
- * Errors of a connection to the database that cannot be made. Only errors of connecting: a client that hangs up
- * mid-request fails its body with ECONNRESET, which is not the database's doing.
- */
+/** Errors of a connection to the database that cannot be made. */
 const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN']);
+/**
+ * Errors of a socket that was connected and broke: a database restarting resets its connections. They count only
+ * with the system call that saw them (`read ECONNRESET`), which is how the pg driver passes its socket's errors
+ * on. A client that hangs up mid-body fails the body with ECONNRESET too, but as Node's "aborted", with no system
+ * call: that is not the database's doing.
+ */
+const BROKEN = new Set(['ECONNRESET', 'EPIPE', 'ETIMEDOUT']);
 
 /** True for failures of the database that a client should retry rather than report (503, not 500). */
 export function databaseUnavailable(error: unknown): boolean {
@@ -55,6 +59,8 @@ export function databaseUnavailable(error: unknown): boolean {
   if (typeof severity === 'string' && typeof code === 'string')
     return severity === 'FATAL' || severity === 'PANIC' || TRANSIENT_SQLSTATE.test(code);
   if (typeof code === 'string' && UNREACHABLE.has(code)) return true;
+  const { syscall } = error as { syscall?: unknown };
+  if (typeof code === 'string' && BROKEN.has(code) && typeof syscall === 'string') return true;
   return typeof message === 'string' && LOST_CONNECTION.test(message);
 }
 
