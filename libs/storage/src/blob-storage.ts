@@ -73,6 +73,12 @@ export interface BlobStorage {
   /** Removes the object; removing a missing one is not an error. */
   delete(key: string): Promise<void>;
 
+  /**
+   * Optional: removes what writers that died left behind (partial writes of a crashed process), never what a
+   * live writer, on this host or another, still has under way. Resolves with how many leftovers it removed.
+   */
+  removeLeftovers?(): Promise<number>;
+
   /** Throws when the store cannot accept writes (readiness). */
   check(): Promise<void>;
 }

@@ -11,6 +11,7 @@ import {
   stat,
   writeFile,
   unlink,
+  utimes,
 } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -24,6 +25,7 @@ import {
 import { DIRECT_ALIGN, DirectAppender, directWritesWork } from './direct-io';
 import { nonce } from './paths';
 import { streamed } from './reclaim';
+import { tempDirName, tempDirOwner } from './temp-owner';
 
 /** Flush written data every this many bytes while a write goes on, so the final fsync has little left to do. */
 const SYNC_EVERY = 1024 * 1024;
@@ -37,7 +39,9 @@ const SYNC_PARALLEL = 8;
  */
 const CACHED_HEAD = 64 * 1024 * 1024;
 const READ_CHUNK = 1024 * 1024;
-const STALE_TEMP_MS = 24 * 3600 * 1000;
+/** How often a process marks its temp directory as in use, and how long an unmarked one is kept. */
+const TEMP_HEARTBEAT_MS = 60 * 1000;
+const STALE_TEMP_MS = 3600 * 1000;
 const PREFIXES = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 
 async function fsyncDir(dir: string): Promise<void> {
@@ -99,14 +103,19 @@ export class FilesystemDriver implements BlobStorage {
   ) {
     this.directIo = options.directIo ?? true;
     this.cachedHead = options.cachedHead ?? CACHED_HEAD;
-    // Each process writes under its own directory: replicas share the root, and one starting must not remove
-    // another's writes in progress.
-    this.tmp = join(root, 'tmp', nonce());
+    // Each process writes under its own directory, named after the process (see temp-owner.ts): replicas share
+    // the root, and one cleaning up must not remove another's writes in progress.
+    this.tmp = join(root, 'tmp', tempDirName(nonce()));
   }
 
   async init(): Promise<void> {
     await mkdir(this.tmp, { recursive: true });
-    await this.removeStaleTemp();
+    await this.removeLeftovers();
+    // The directory's mtime says it is in use, for processes that cannot see this one (another host).
+    setInterval(() => {
+      const now = new Date();
+      utimes(this.tmp, now, now).catch(() => undefined);
+    }, TEMP_HEARTBEAT_MS).unref();
     if (this.directIo) this.directIo = await directWritesWork(this.tmp, `direct-${nonce()}`);
     for (const top of ['blobs', 'uploads']) {
       await mkdir(join(this.root, top), { recursive: true });
@@ -116,15 +125,30 @@ export class FilesystemDriver implements BlobStorage {
     await fsyncDir(this.root);
   }
 
-  /** Partial writes of processes that died: temp directories untouched for a day. */
-  private async removeStaleTemp(): Promise<void> {
+  /**
+   * Removes the partial writes of processes that died (a crash, a SIGKILL mid-upload): their temp directories.
+   * A directory of a process on this machine and in this pid namespace is removed as soon as that process is
+   * gone; any other (another host on shared storage, another container, from before a reboot) once it has gone
+   * unmarked for an hour. Returns how many were removed.
+   */
+  async removeLeftovers(): Promise<number> {
     const top = dirname(this.tmp);
-    const cutoff = Date.now() - STALE_TEMP_MS;
+    const now = Date.now();
+    let removed = 0;
     for (const name of await readdir(top)) {
       const dir = join(top, name);
-      const st = await stat(dir).catch(() => null);
-      if (st && dir !== this.tmp && st.mtimeMs < cutoff) await rm(dir, { recursive: true, force: true });
+      if (dir === this.tmp) continue;
+      // A live owner marks its directory every minute: one unmarked for an hour is dead whoever made it (a
+      // stopped process, a pid taken over by another program).
+      const owner = tempDirOwner(name);
+      const st = owner === 'dead' ? null : await stat(dir).catch(() => null);
+      const dead = owner === 'dead' || (st !== null && now - st.mtimeMs > STALE_TEMP_MS);
+      if (dead) {
+        await rm(dir, { recursive: true, force: true });
+        removed++;
+      }
     }
+    return removed;
   }
 
   /** True when large writes bypass the page cache (asked for, and the filesystem took it at `init`). */

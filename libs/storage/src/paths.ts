@@ -11,8 +11,8 @@ import { readFileSync } from 'node:fs';
  *   │       └── <offset, 16 digits>         one file per part, named by where it starts
  *   ├── uploads/<id[0:2]>/
  *   │   └── <upload id>.<offset>.<nonce>  one accepted chunk of an upload
- *   └── tmp/<process nonce>/              partial writes, renamed into place once written; a dead process's
- *                                         directory is removed after a day
+ *   └── tmp/<boot>.<pid ns>.<pid>.<nonce>/ partial writes, renamed into place once written; a dead process's
+ *                                         directory is removed at the next start or job run (temp-owner.ts)
  *
  * Every key carries a random nonce, so two writers of the same digest or the same upload offset never share a
  * key. The PostgreSQL driver uses the same keys as names of its large objects.

@@ -4,11 +4,15 @@ import type pg from 'pg';
 import type { Logger } from 'pino';
 import { systemMeta } from '@strata/events';
 import { UploadService } from '@strata/registry';
+import type { BlobStorage } from '@strata/storage';
 import type { Config } from '../config/config';
-import { CONFIG, LOGGER, POOL } from '../tokens';
+import { CONFIG, LOGGER, POOL, STORAGE } from '../tokens';
 import { withJobLock } from './job-lock';
 
-/** Removes uploads idle for longer than STRATA_UPLOAD_TTL, recording each as `upload.expired`. */
+/**
+ * Removes uploads idle for longer than STRATA_UPLOAD_TTL, recording each as `upload.expired`, and what writers
+ * that died left in storage (the partial file of an upload cut by a crash).
+ */
 @Injectable()
 export class ExpireUploadsJob {
   private running = false;
@@ -18,6 +22,7 @@ export class ExpireUploadsJob {
     @Inject(POOL) private readonly pool: pg.Pool,
     @Inject(CONFIG) private readonly config: Config,
     @Inject(LOGGER) private readonly logger: Logger,
+    @Inject(STORAGE) private readonly storage: BlobStorage,
   ) {}
 
   @Interval('expire-uploads', 60_000)
@@ -27,6 +32,10 @@ export class ExpireUploadsJob {
     try {
       const removed = await withJobLock(this.pool, 'expire-uploads', () => this.run());
       if (removed) this.logger.info({ job: 'expire-uploads', removed }, 'expired idle uploads');
+      // Every replica looks at its own view of the storage: another host's dead writers are its to see.
+      const leftovers = (await this.storage.removeLeftovers?.()) ?? 0;
+      if (leftovers)
+        this.logger.info({ job: 'expire-uploads', leftovers }, 'removed partial writes of dead processes');
     } catch (err) {
       this.logger.error({ err, job: 'expire-uploads' }, 'failed to expire uploads');
     } finally {
