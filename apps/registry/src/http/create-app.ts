@@ -62,7 +62,8 @@ export async function createApp(runtime: Runtime): Promise<NestFastifyApplicatio
     requestContext.run({ requestId: String(req.id) }, done);
   });
   fastify.addHook('onResponse', (req, reply, done) => {
-    const level = reply.statusCode >= 500 ? 'error' : 'info';
+    // A 503 is the database or the process going away for a while, answered to be retried: a warning, not an error.
+    const level = reply.statusCode === 503 ? 'warn' : reply.statusCode >= 500 ? 'error' : 'info';
     req.log[level](
       {
         method: req.method,

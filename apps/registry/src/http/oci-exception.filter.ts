@@ -104,7 +104,15 @@ export function sendError(
     return;
   }
   const e = toRegistryError(error);
-  if (e.status >= 500) {
+  if (e.code === 'UNAVAILABLE') {
+    // Expected while the database restarts or fails over, and possibly for every request then: one line each, no
+    // stack.
+    const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+    logger.warn(
+      { method: request.method, url: request.originalUrl, code, reason: message },
+      'failed to reach the database, answered 503',
+    );
+  } else if (e.status >= 500) {
     logger.error({ err: error, method: request.method, url: request.originalUrl }, 'failed to serve request');
   }
   if (reply.sent || reply.raw.headersSent) {
