@@ -26,10 +26,13 @@ class RowParser {
   private row: Buffer | null = null;
   private rowGot = 0;
   private ended = false;
-  readonly rows: Buffer[] = [];
+  rows = 0;
   size = 0;
 
-  constructor(private expectedOffset: number) {}
+  constructor(
+    private expectedOffset: number,
+    private readonly onRow: (bytes: Buffer) => void,
+  ) {}
 
   push(chunk: Buffer): void {
     let at = 0;
@@ -79,11 +82,13 @@ class RowParser {
       this.rowGot += n;
       at += n;
       if (this.rowGot === this.row.length) {
-        this.rows.push(this.row);
-        this.size += this.row.length;
-        this.expectedOffset += this.row.length;
+        const row = this.row;
+        this.rows += 1;
+        this.size += row.length;
+        this.expectedOffset += row.length;
         this.row = null;
         this.fixedGot = 0;
+        this.onRow(row);
       }
     }
   }
@@ -114,7 +119,7 @@ class CopyOutQuery implements PromiseLike<{ command: string; rowCount: number; r
         if (settled) return;
         settled = true;
         if (error) reject(error);
-        else resolve({ command: 'COPY', rowCount: parser.rows.length, rows: [] });
+        else resolve({ command: 'COPY', rowCount: parser.rows, rows: [] });
       };
     });
   }
@@ -173,18 +178,19 @@ class CopyOutQuery implements PromiseLike<{ command: string; rowCount: number; r
 
 /**
  * Runs `select`, a query of `(offset int8, bytes bytea)` rows whose offsets start at `from` and follow each other,
- * through `COPY (select) TO STDOUT (FORMAT binary)` on one of `db`'s pooled connections, and resolves with the
- * rows' bytes in order. `select` is inlined in the COPY statement (COPY takes no parameters): callers build it
- * from numbers only.
+ * through `COPY (select) TO STDOUT (FORMAT binary)` on one of `db`'s pooled connections, handing each row's bytes
+ * to `onRow` as it arrives; resolves with the number of bytes once the statement is done. `select` is inlined in
+ * the COPY statement (COPY takes no parameters): callers build it from numbers only.
  */
 export async function copyBytes(
   db: Db,
   select: string,
   from: number,
-): Promise<{ rows: Buffer[]; size: number }> {
-  const parser = new RowParser(from);
+  onRow: (bytes: Buffer) => void,
+): Promise<number> {
+  const parser = new RowParser(from, onRow);
   const query = new CopyOutQuery(`COPY (${select}) TO STDOUT (FORMAT binary)`, parser);
   const compiled = CompiledQuery.raw('');
   await db.executeQuery({ ...compiled, sql: query as unknown as string });
-  return { rows: parser.rows, size: parser.size };
+  return parser.size;
 }

@@ -8,7 +8,7 @@ import { streamed } from './reclaim';
 /** Bytes fetched per statement while streaming a read. */
 const WINDOW = 4 * 1024 * 1024;
 /** Bytes per row of a read's COPY: what pg must hold of one message at a time. */
-const ROW = 512 * 1024;
+const ROW = 256 * 1024;
 /** Bytes sent per statement while writing; one slice is written while the next arrives. */
 const WRITE_SLICE = 1024 * 1024;
 
@@ -27,6 +27,65 @@ interface Segment {
 interface StoredObject {
   readonly size: number;
   readonly segments: readonly Segment[];
+}
+
+/** Bytes [start, end] of one large object. */
+interface Window {
+  readonly loid: number;
+  readonly start: number;
+  readonly end: number;
+}
+
+/**
+ * An object's bytes, one window per statement: each window's rows are passed on as they arrive, and the next
+ * window is asked for once the reader has taken what came before. A reader that stalls holds at most one
+ * window in memory and no connection.
+ */
+class WindowStream extends Readable {
+  private next = 0;
+  private fetching = false;
+
+  constructor(
+    private readonly db: Db,
+    private readonly key: string,
+    private readonly windows: readonly Window[],
+  ) {
+    super({ highWaterMark: ROW * 2 });
+  }
+
+  override _read(): void {
+    if (this.fetching) return;
+    const window = this.windows[this.next++];
+    if (!window) {
+      this.push(null);
+      return;
+    }
+    this.fetching = true;
+    const { loid, start, end } = window;
+    copyBytes(
+      this.db,
+      `SELECT o, lo_get(${int(loid)}::oid, o, least(${ROW}, ${int(end)} - o + 1)::int)
+       FROM generate_series(${int(start)}::bigint, ${int(end)}::bigint, ${ROW}) AS o`,
+      start,
+      (bytes) => {
+        streamed(bytes.length);
+        if (!this.destroyed) this.push(bytes);
+      },
+    ).then(
+      (got) => {
+        this.fetching = false;
+        if (got !== end - start + 1) {
+          this.destroy(new Error(`failed to read ${this.key}: large object ${loid} is short`));
+          return;
+        }
+        if (!this.destroyed && this.readableLength < this.readableHighWaterMark) this._read();
+      },
+      (e: unknown) => {
+        this.fetching = false;
+        this.destroy(e as Error);
+      },
+    );
+  }
 }
 
 /** An integer for SQL text (COPY takes no parameters). */
@@ -161,32 +220,20 @@ export class LargeObjectDriver implements BlobStorage {
 
   async read(key: string, range?: ByteRange): Promise<Readable> {
     const { size, segments } = await this.object(key);
-    const db = this.db;
     const from = range?.start ?? 0;
     const to = range ? Math.min(range.end, size - 1) : size - 1;
-    async function* windows(): AsyncGenerator<Buffer> {
-      let base = 0;
-      for (const segment of segments) {
-        const segmentEnd = base + segment.size - 1;
-        for (let at = Math.max(from, base); at <= Math.min(to, segmentEnd); ) {
-          const last = Math.min(to, segmentEnd, at + WINDOW - 1);
-          const start = at - base;
-          const end = last - base;
-          const { rows, size: got } = await copyBytes(
-            db,
-            `SELECT o, lo_get(${int(segment.loid)}::oid, o, least(${ROW}, ${int(end)} - o + 1)::int)
-             FROM generate_series(${int(start)}::bigint, ${int(end)}::bigint, ${ROW}) AS o`,
-            start,
-          );
-          if (got !== end - start + 1)
-            throw new Error(`failed to read ${key}: large object ${segment.loid} is short`);
-          yield* rows;
-          at = last + 1;
-        }
-        base += segment.size;
+    const windows: Window[] = [];
+    let base = 0;
+    for (const segment of segments) {
+      const segmentEnd = base + segment.size - 1;
+      for (let at = Math.max(from, base); at <= Math.min(to, segmentEnd); ) {
+        const last = Math.min(to, segmentEnd, at + WINDOW - 1);
+        windows.push({ loid: segment.loid, start: at - base, end: last - base });
+        at = last + 1;
       }
+      base += segment.size;
     }
-    return Readable.from(windows(), { objectMode: false });
+    return new WindowStream(this.db, key, windows);
   }
 
   async size(key: string): Promise<number | null> {
