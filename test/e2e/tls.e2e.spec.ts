@@ -141,7 +141,13 @@ async function start(env: Record<string, string>): Promise<Server> {
         reject(new Error(`server exited (${String(code)}) first: ${stderr.join('')}`));
       });
     });
-  await line((l) => l.msg === 'strata listening');
+  const listening = line((l) => l.msg === 'strata listening');
+  const deadline = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  try {
+    await listening;
+  } finally {
+    clearTimeout(deadline);
+  }
   return {
     port,
     child,
@@ -245,13 +251,17 @@ describe('Strata over HTTPS', () => {
     });
   });
   afterAll(async () => {
-    if (server) {
-      expect(await server.stop()).toBe(0);
-      expect(errorsOf(server).map((l) => l.msg)).toEqual(causedErrors);
+    try {
+      if (server) {
+        expect(await server.stop()).toBe(0);
+        expect(errorsOf(server).map((l) => l.msg)).toEqual(causedErrors);
+      }
+    } finally {
+      if (server) await server.stop();
+      await database?.drop();
+      await rm(dataDir, { recursive: true, force: true });
+      await rm(dir, { recursive: true, force: true });
     }
-    await database?.drop();
-    await rm(dataDir, { recursive: true, force: true });
-    await rm(dir, { recursive: true, force: true });
   });
 
   it('answers the API and the health endpoints over HTTPS with the configured certificate', async () => {
