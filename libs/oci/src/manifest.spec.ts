@@ -170,6 +170,46 @@ describe('parseManifest', () => {
     });
   });
 
+  it('refuses nesting deeper than Go clients read, and a key written twice in one object', () => {
+    const deep = (n: number): string => '['.repeat(n) + ']'.repeat(n);
+    const text = (annotationsValue: string): Buffer =>
+      Buffer.from(JSON.stringify(image()).replace(/}$/, `,"x-deep":${annotationsValue}}`));
+    // As found by a hostile client: a 100,000-deep value, then the annotations key again.
+    const hostile = Buffer.from(
+      JSON.stringify(image({ annotations: { a: 'b' } })).replace(
+        /}$/,
+        `,"x":${deep(100_000)},"annotations":{"a":"c"}}`,
+      ),
+    );
+    expect(refusal(() => parseManifest(hostile, null))).toMatchObject({
+      code: 'MANIFEST_INVALID',
+      detail: { reason: 'the manifest is nested too deeply' },
+    });
+    // The whole document counts: 10,000 levels including the manifest object itself are read, one more is not.
+    expect(parseManifest(text(deep(9_999)), null).mediaType).toBe(MEDIA_TYPE.OCI_MANIFEST);
+    expect(refusal(() => parseManifest(text(deep(10_000)), null)).code).toBe('MANIFEST_INVALID');
+
+    const twice = Buffer.from(JSON.stringify(image()).replace(/}$/, ',"mediaType":"application/x-other"}'));
+    expect(refusal(() => parseManifest(twice, null))).toMatchObject({
+      code: 'MANIFEST_INVALID',
+      detail: { reason: 'a key appears twice in one object', key: 'mediaType' },
+    });
+    // Also when one of them is escaped, and inside nested objects; the same key in sibling objects is fine.
+    const escaped = Buffer.from(
+      JSON.stringify(image({ annotations: { a: '1' } })).replace('{"a":"1"}', '{"a":"1","\\u0061":"2"}'),
+    );
+    expect(refusal(() => parseManifest(escaped, null)).detail).toMatchObject({ key: 'a' });
+    const siblings = image({ layers: [LAYER, { ...LAYER, digest: d('2') }], annotations: { digest: 'x' } });
+    expect(parseManifest(body(siblings), null).references).toHaveLength(3);
+    // Keys inside string values are not keys.
+    expect(
+      parseManifest(body(image({ annotations: { a: '{"a":1,"a":2}', b: '\\",\\"a' } })), null).annotations,
+    ).toEqual({
+      a: '{"a":1,"a":2}',
+      b: '\\",\\"a',
+    });
+  });
+
   it('accepts an image manifest with no layers and an index with no children', () => {
     expect(parseManifest(body(image({ layers: [] })), null).references).toHaveLength(1);
     expect(parseManifest(body({ schemaVersion: 2, manifests: [] }), MEDIA_TYPE.OCI_INDEX).references).toEqual(

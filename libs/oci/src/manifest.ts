@@ -115,9 +115,69 @@ function descriptors(v: unknown, field: string): Descriptor[] {
 }
 
 /** A string PostgreSQL's text and jsonb cannot hold: with U+0000, or with half a UTF-16 surrogate pair. */
-class UnstorableError extends Error {}
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 const unstorable = (s: string): boolean => s.includes('\0') || LONE_SURROGATE.test(s);
+
+/** Go's encoding/json refuses documents nested deeper than this; its clients could not read such a manifest. */
+export const MAX_MANIFEST_DEPTH = 10_000;
+
+/**
+ * Refuses what JSON.parse accepts but Strata cannot store or other readers see differently, in one pass over the
+ * text before it is parsed:
+ * - nesting deeper than Go's decoder takes;
+ * - a key written twice in one object (JSON.parse keeps the last, other decoders the first or either), so the
+ *   bytes Strata serves mean one thing to every client;
+ * - a string with U+0000 or a lone surrogate, which PostgreSQL's text and jsonb cannot hold and no manifest field
+ *   needs. Only an escaped string can hold either: unescaped, JSON refuses U+0000 and UTF-8 a lone surrogate.
+ * What is not JSON at all is left for JSON.parse to describe.
+ */
+function checkStructure(text: string): void {
+  // Per open container: the keys seen so far for an object, null for an array.
+  const open: (Set<string> | null)[] = [];
+  let keyNext = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22 /* " */) {
+      const start = i;
+      let escaped = false;
+      for (i++; i < text.length; i++) {
+        const d = text.charCodeAt(i);
+        if (d === 0x5c /* \ */) {
+          escaped = true;
+          i++;
+        } else if (d === 0x22) break;
+      }
+      let value = text.slice(start + 1, i);
+      if (escaped) {
+        try {
+          value = JSON.parse(text.slice(start, i + 1)) as string;
+        } catch {
+          return;
+        }
+        if (unstorable(value))
+          throw invalid('manifest strings must not contain U+0000 or unpaired UTF-16 surrogates');
+      }
+      const keys = open[open.length - 1];
+      if (keyNext && keys) {
+        if (keys.has(value)) throw invalid('a key appears twice in one object', { key: value });
+        keys.add(value);
+      }
+      keyNext = false;
+    } else if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
+      open.push(c === 0x7b ? new Set() : null);
+      if (open.length > MAX_MANIFEST_DEPTH)
+        throw invalid('the manifest is nested too deeply', { maxDepth: MAX_MANIFEST_DEPTH });
+      keyNext = c === 0x7b;
+    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
+      open.pop();
+      keyNext = false;
+    } else if (c === 0x2c /* , */) {
+      keyNext = open[open.length - 1] != null;
+    } else if (c === 0x3a /* : */) {
+      keyNext = false;
+    }
+  }
+}
 
 function parseJson(body: Buffer): Record<string, unknown> {
   let text: string;
@@ -126,17 +186,11 @@ function parseJson(body: Buffer): Record<string, unknown> {
   } catch {
     throw invalid('manifest is not UTF-8');
   }
+  checkStructure(text);
   let json: unknown;
   try {
-    json = JSON.parse(text, (key, value: unknown) => {
-      // PostgreSQL text and jsonb cannot hold U+0000 or a lone surrogate (JSON can write one as "\ud800"),
-      // and no legitimate manifest field needs either.
-      if (unstorable(key) || (typeof value === 'string' && unstorable(value))) throw new UnstorableError();
-      return value;
-    });
+    json = JSON.parse(text);
   } catch (e) {
-    if (e instanceof UnstorableError)
-      throw invalid('manifest strings must not contain U+0000 or unpaired UTF-16 surrogates');
     throw invalid(`manifest is not JSON: ${(e as Error).message}`);
   }
   if (!isObject(json)) throw invalid('manifest must be a JSON object');
