@@ -18,12 +18,28 @@ export interface ServerProcess {
   rssKiB(field?: 'VmRSS' | 'VmHWM'): Promise<number>;
 }
 
-/** Runs the built registry (`npm run build` first) as its own process, as an operator would. */
-export async function startServer(env: Record<string, string>, port?: number): Promise<ServerProcess> {
+export interface StartOptions {
+  /**
+   * The server leads a process group of its own, as a shell's foreground job does, so a test can signal the
+   * whole group (`process.kill(-pid, 'SIGINT')`) as a terminal's Ctrl-C would.
+   */
+  readonly detached?: boolean;
+}
+
+/**
+ * Runs the built registry (`npm run build` first) as its own process, as an operator would. Its environment is
+ * only `env` and what it needs to run: without DATABASE_URL there, it runs on its embedded PostgreSQL.
+ */
+export async function startServer(
+  env: Record<string, string>,
+  port?: number,
+  options: StartOptions = {},
+): Promise<ServerProcess> {
   const p = port ?? (await freePort());
   const child = spawn(MAIN, ['serve'], {
     env: { PATH: process.env.PATH ?? '', HOST: '127.0.0.1', PORT: String(p), STRATA_JOBS: 'false', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: options.detached ?? false,
   });
   const lines: Record<string, unknown>[] = [];
   const text: string[] = [];

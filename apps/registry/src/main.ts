@@ -1,19 +1,21 @@
 #!/usr/bin/env node
 import './threadpool';
 import 'reflect-metadata';
-import { createDb, createPool, migrate } from '@strata/db';
+import { createPool, migrate } from '@strata/db';
 import { collectWhenQuiet, FilesystemDriver } from '@strata/storage';
 import { ConfigError, loadConfig, type Config } from './config/config';
 import { createApp } from './http/create-app';
+import { runSql } from './cli/sql.command';
 import { createLogger } from './http/logger';
 import { reloadOnHangup, warnIfExposed } from './http/tls';
 import { startDatabase, startRuntime, stopRuntime } from './runtime';
 
-const USAGE = `usage: strata [serve | migrate | verify-config]
+const USAGE = `usage: strata [serve | migrate | verify-config | sql [psql arguments]]
 
   serve          run the registry (default)
   migrate        apply pending migrations and exit
   verify-config  validate the configuration (environment and STRATA_CONFIG file) and exit
+  sql            psql on the registry's database, embedded or DATABASE_URL (sql -c "select ..." for one query)
 `;
 
 function configOrExit(): Config {
@@ -35,11 +37,29 @@ async function serve(config: Config): Promise<void> {
   process.on('warning', (w: Error & { code?: string }) =>
     logger.warn({ warning: w.name, code: w.code }, w.message),
   );
+  // Signals are handled here from the first moment: one that arrives while starting stops the registry once
+  // it has started, rather than killing the process and leaving the embedded PostgreSQL running.
+  let requested: string | undefined;
+  let onSignal = (signal: string): void => void (requested ??= signal);
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
   const runtime = await startRuntime(config, logger);
-  const app = await createApp(runtime);
+  let app: Awaited<ReturnType<typeof createApp>>;
+  try {
+    app = await createApp(runtime);
+  } catch (e) {
+    await stopRuntime(runtime).catch(() => undefined);
+    throw e;
+  }
   // Before listening, so a SIGHUP sent once the port answers reloads rather than kills.
   if (config.tls) reloadOnHangup(app.getHttpAdapter().getInstance().server, config.tls, logger);
-  await app.listen(config.port, config.host);
+  try {
+    await app.listen(config.port, config.host);
+  } catch (e) {
+    await app.close().catch(() => undefined);
+    await stopRuntime(runtime).catch(() => undefined);
+    throw e;
+  }
   // Identity (issue 18) will pass whether authentication is on.
   warnIfExposed(logger, { host: config.host, port: config.port, tls: config.tls !== null, auth: false });
   // Memory a burst of requests grew is handed back once it is over, not kept until the next one.
@@ -70,8 +90,13 @@ async function serve(config: Config): Promise<void> {
       server.closeAllConnections();
     }, config.shutdownTimeoutMs);
     deadline.unref();
+    // Node keeps a keep-alive connection open after its last response even while the server closes, until the
+    // client or keepAliveTimeout ends it: those that fall idle during the drain are closed as they do.
+    const idle = setInterval(() => server.closeIdleConnections(), 100);
+    idle.unref();
     app
       .close()
+      .finally(() => clearInterval(idle))
       .then(() => stopRuntime(runtime))
       .then(() => {
         clearTimeout(deadline);
@@ -83,8 +108,8 @@ async function serve(config: Config): Promise<void> {
         process.exit(1);
       });
   };
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
-  process.on('SIGINT', () => shutdown('SIGINT'));
+  onSignal = shutdown;
+  if (requested) shutdown(requested);
 }
 
 async function runMigrate(config: Config): Promise<void> {
@@ -95,7 +120,8 @@ async function runMigrate(config: Config): Promise<void> {
     const { applied, alreadyApplied } = await migrate(pool);
     logger.info({ applied, alreadyApplied: alreadyApplied.length }, 'migrations done');
   } finally {
-    await createDb(pool).destroy();
+    // The pool itself: a Kysely instance that ran no query of its own would not end it.
+    await pool.end();
     await embedded?.stop();
   }
 }
@@ -107,6 +133,8 @@ async function main(argv: string[]): Promise<void> {
       return serve(configOrExit());
     case 'migrate':
       return runMigrate(configOrExit());
+    case 'sql':
+      return process.exit(await runSql(configOrExit(), argv.slice(1)));
     case 'verify-config': {
       const config = configOrExit();
       process.stdout.write(
@@ -125,9 +153,20 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
+/** The cause in one line: pg's connect errors may be an AggregateError with no message of its own. */
+function describe(err: unknown): string {
+  if (err instanceof AggregateError && !err.message) return err.errors.map(describe).join('; ');
+  if (err instanceof Error)
+    return (err.message || (err as { code?: string }).code || err.name).replace(/\s*\n\s*/g, ' | ');
+  if (err === undefined || err === null) return `unknown error (${String(err)})`;
+  return typeof err === 'object' ? JSON.stringify(err) : String(err as string | number);
+}
+
 main(process.argv.slice(2)).catch((err: unknown) => {
-  process.stderr.write(
-    `strata: failed to start: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
-  );
+  process.stderr.write(`strata: failed to start: ${describe(err)}\n`);
+  // The stack is for debugging Strata itself, not for the operator's first line.
+  if (/^(debug|trace)$/.test(process.env.STRATA_LOG_LEVEL ?? '') && err instanceof Error && err.stack) {
+    process.stderr.write(`${err.stack}\n`);
+  }
   process.exit(1);
 });

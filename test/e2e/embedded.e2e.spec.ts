@@ -1,0 +1,263 @@
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { appendFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort } from '../../libs/db/src/embedded-postgres';
+import { lockHolder, readPostmasterLock } from '../../libs/db/src/postmaster-pid';
+import { sha256 } from '../support/http';
+import { MAIN, startServer, type ServerProcess } from '../support/server-process';
+
+/** The registry on its embedded default: no DATABASE_URL in its environment, a data directory of its own. */
+describe('the embedded PostgreSQL default', () => {
+  const dirs: string[] = [];
+  const servers: ServerProcess[] = [];
+
+  async function dataDir(): Promise<string> {
+    const dir = await mkdtemp(join(tmpdir(), 'strata-embedded-'));
+    dirs.push(dir);
+    return dir;
+  }
+
+  async function serve(dir: string, detached = false): Promise<ServerProcess> {
+    const server = await startServer({ STRATA_DATA_DIR: dir }, undefined, { detached });
+    servers.push(server);
+    return server;
+  }
+
+  const clusterOf = (dir: string): string => join(dir, 'postgres', 'cluster');
+
+  afterAll(async () => {
+    for (const s of servers)
+      if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill('SIGKILL');
+    await Promise.all(servers.map((s) => s.exited));
+    // A postmaster a failed test left behind (its registry killed) is this test's to stop.
+    for (const dir of dirs) {
+      const lock = await readPostmasterLock(clusterOf(dir));
+      const holder = lock ? await lockHolder(lock.pid, clusterOf(dir)) : null;
+      if (holder?.kind === 'postmaster') process.kill(holder.process.pid, 'SIGQUIT');
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  function warnOrWorse(server: ServerProcess): Record<string, unknown>[] {
+    return server.lines.filter((l) => ['warn', 'error', 'fatal'].includes(String(l.level)));
+  }
+
+  async function lineSaying(server: ServerProcess, msg: string): Promise<Record<string, unknown>> {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const line = server.lines.find((l) => l.msg === msg);
+      if (line) return line;
+      if (Date.now() > deadline) throw new Error(`no "${msg}" line in ${server.text.join('\n')}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  async function push(server: ServerProcess, repo: string, data: Buffer): Promise<string> {
+    const digest = sha256(data);
+    const res = await fetch(`${server.url}/v2/${repo}/blobs/uploads/?digest=${digest}`, {
+      method: 'POST',
+      body: data,
+      headers: { 'content-type': 'application/octet-stream' },
+    });
+    expect(res.status).toBe(201);
+    return digest;
+  }
+
+  function run(
+    file: string,
+    args: string[],
+    env: Record<string, string>,
+  ): Promise<{ status: number | null; stdout: string; stderr: string }> {
+    return new Promise((resolve, reject) => {
+      const child: ChildProcess = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout!.on('data', (d: Buffer) => (stdout += d.toString('utf8')));
+      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
+      child.once('error', reject);
+      child.once('close', (status) => resolve({ status, stdout, stderr }));
+    });
+  }
+
+  it('on SIGTERM finishes a PATCH still arriving, stops PostgreSQL after it, and exits 0', async () => {
+    const dir = await dataDir();
+    const server = await serve(dir);
+    const post = await fetch(`${server.url}/v2/drain/blobs/uploads/`, { method: 'POST' });
+    expect(post.status).toBe(202);
+    const pieces = Array.from({ length: 6 }, () => randomBytes(64 << 10));
+    const total = pieces.reduce((n, p) => n + p.length, 0);
+    const status = new Promise<number>((resolve, reject) => {
+      // `Expect: 100-continue`: the server answers 100 once it has the request's head, so the signal below is
+      // sent while that request is known to be in flight, its body still to come.
+      const req = request(`${server.url}${post.headers.get('location')}`, {
+        method: 'PATCH',
+        headers: {
+          'content-type': 'application/octet-stream',
+          'content-length': String(total),
+          expect: '100-continue',
+        },
+      });
+      req.on('response', (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      req.on('continue', () => {
+        req.write(pieces[0]);
+        server.child.kill('SIGTERM');
+        void lineSaying(server, 'shutting down').then(async () => {
+          // The rest over a few hundred milliseconds, while the server drains.
+          for (const piece of pieces.slice(1)) {
+            await new Promise((r) => setTimeout(r, 80));
+            req.write(piece);
+          }
+          req.end();
+        }, reject);
+      });
+    });
+    expect(await status).toBe(202);
+    expect(await server.exited).toBe(0);
+    expect(server.lines.map((l) => l.msg)).toContain('stopped');
+    expect(warnOrWorse(server)).toEqual([]);
+    expect(server.stderr.join('')).toBe('');
+    // The registry stopped its PostgreSQL before exiting: nothing holds the cluster.
+    expect(existsSync(join(clusterOf(dir), 'postmaster.pid'))).toBe(false);
+  });
+
+  it('on a Ctrl-C to its whole process group while idle, exits 0 without a warning', async () => {
+    const dir = await dataDir();
+    const server = await serve(dir, true);
+    await lineSaying(server, 'strata listening');
+    const lock = await readPostmasterLock(clusterOf(dir));
+    expect(lock).not.toBeNull();
+    // What a terminal does: SIGINT to every process of the foreground group.
+    process.kill(-server.child.pid!, 'SIGINT');
+    expect(await server.exited).toBe(0);
+    expect(server.lines.map((l) => l.msg)).toContain('stopped');
+    expect(warnOrWorse(server)).toEqual([]);
+    expect(server.stderr.join('')).toBe('');
+    expect((await lockHolder(lock!.pid, clusterOf(dir))).kind).toBe('gone');
+  });
+
+  it('after SIGKILL starts again on the same port, stopping the postmaster left behind, with the data kept', async () => {
+    const dir = await dataDir();
+    const first = await serve(dir);
+    const data = randomBytes(4096);
+    const digest = await push(first, 'crash/kept', data);
+    first.child.kill('SIGKILL');
+    await first.exited;
+    const left = await readPostmasterLock(clusterOf(dir));
+    expect((await lockHolder(left!.pid, clusterOf(dir))).kind).toBe('postmaster');
+
+    const again = await serve(dir);
+    const res = await fetch(`${again.url}/v2/crash/kept/blobs/${digest}`);
+    expect(res.status).toBe(200);
+    expect(sha256(Buffer.from(await res.arrayBuffer()))).toBe(digest);
+    const now = await readPostmasterLock(clusterOf(dir));
+    expect(now!.pid).not.toBe(left!.pid);
+    expect(now!.port).toBe(left!.port);
+    expect((await lockHolder(left!.pid, clusterOf(dir))).kind).not.toBe('postmaster');
+    expect(await lineSaying(again, 'embedded PostgreSQL ready')).toMatchObject({
+      host: '127.0.0.1',
+      port: left!.port,
+      database: 'strata',
+      credentialsFile: join(dir, 'postgres', 'credentials.json'),
+    });
+    again.child.kill('SIGTERM');
+    expect(await again.exited).toBe(0);
+    expect(warnOrWorse(again)).toEqual([]);
+  });
+
+  it('starts over a lock file whose pid now belongs to an unrelated process, and leaves that process alone', async () => {
+    const dir = await dataDir();
+    const first = await serve(dir);
+    first.child.kill('SIGTERM');
+    expect(await first.exited).toBe(0);
+    // After a reboot or a container restart, the pid in a stale postmaster.pid is often someone else's. Of the
+    // same user as the server, or PostgreSQL could not tell it is alive and would take the lock itself.
+    const sameUser =
+      process.getuid?.() === 0
+        ? {
+            uid: Number(execFileSync('id', ['-u', 'postgres'])),
+            gid: Number(execFileSync('id', ['-g', 'postgres'])),
+          }
+        : {};
+    const bystander = spawn('sleep', ['120'], { stdio: 'ignore', ...sameUser });
+    try {
+      await writeFile(
+        join(clusterOf(dir), 'postmaster.pid'),
+        `${bystander.pid}\n${clusterOf(dir)}\n1700000000\n5432\n\n127.0.0.1\n  1234567  0\nready   \n`,
+      );
+      const again = await serve(dir);
+      expect((await fetch(`${again.url}/v2/`)).status).toBe(200);
+      expect(bystander.exitCode).toBeNull();
+      expect(bystander.signalCode).toBeNull();
+      again.child.kill('SIGTERM');
+      expect(await again.exited).toBe(0);
+      expect(warnOrWorse(again)).toEqual([]);
+    } finally {
+      bystander.kill('SIGKILL');
+    }
+  });
+
+  it('tells why PostgreSQL did not start in one line, with what it logged', async () => {
+    const dir = await dataDir();
+    const first = await serve(dir);
+    first.child.kill('SIGTERM');
+    expect(await first.exited).toBe(0);
+    await appendFile(join(clusterOf(dir), 'postgresql.conf'), "\nshared_buffers = 'plenty'\n");
+    const r = await run(MAIN, ['serve'], {
+      PATH: process.env.PATH ?? '',
+      STRATA_DATA_DIR: dir,
+      HOST: '127.0.0.1',
+      PORT: String(await freePort()),
+    });
+    expect(r.status).toBe(1);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^strata: failed to start: embedded PostgreSQL in .*postgres exited \(code 1\)/);
+    expect(lines[0]).toContain('shared_buffers');
+    expect(lines[0]).not.toContain('undefined');
+  });
+
+  it('`strata sql -c` answers from the running registry’s database, and starts the cluster for itself when it is not running', async () => {
+    const dir = await dataDir();
+    const server = await serve(dir);
+    await push(server, 'sql/blob', randomBytes(100));
+    const env = { PATH: process.env.PATH ?? '', STRATA_DATA_DIR: dir };
+    const count = async (): Promise<number> => {
+      const r = await run(MAIN, ['sql', '-c', 'select count(*) from events'], env);
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      const m = /^\s*count\s*\n-+\n\s*(\d+)\s*\n/.exec(r.stdout);
+      expect(m).not.toBeNull();
+      return Number(m![1]);
+    };
+    const running = await count();
+    expect(running).toBeGreaterThan(0);
+    server.child.kill('SIGTERM');
+    expect(await server.exited).toBe(0);
+    expect(warnOrWorse(server)).toEqual([]);
+    // The same history with no registry running; the session's cluster is stopped after it.
+    expect(await count()).toBe(running);
+    expect(existsSync(join(clusterOf(dir), 'postmaster.pid'))).toBe(false);
+  });
+
+  it('`strata sql` without psql on PATH says so in one line', async () => {
+    const dir = await dataDir();
+    // What bin/strata itself needs, and no psql.
+    const bin = join(dir, 'bin');
+    await mkdir(bin);
+    for (const tool of ['node', 'dirname', 'readlink']) {
+      const real = tool === 'node' ? process.execPath : join('/usr/bin', tool);
+      await symlink(real, join(bin, tool));
+    }
+    const r = await run(MAIN, ['sql', '-c', 'select 1'], { PATH: bin, STRATA_DATA_DIR: dir });
+    expect(r.status).toBe(127);
+    expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^strata sql: psql is not on PATH/)]);
+  });
+});
