@@ -137,6 +137,7 @@ export class EmbeddedPostgres {
   private port = 0;
   private credentials: Credentials | undefined;
   private readonly tail: string[] = [];
+  /** A process that exits without stop() (process.exit, an uncaught error) still has its postmaster shut down. */
   private readonly stopOnExit = (): void => void this.child?.kill('SIGINT');
 
   constructor(private readonly options: EmbeddedPostgresOptions) {
@@ -387,6 +388,7 @@ export class EmbeddedPostgres {
     });
     this.child = child;
     this.exited = exited;
+    process.removeListener('exit', this.stopOnExit);
     process.on('exit', this.stopOnExit);
     void exited.then(() => {
       if (this.child !== child) return;
