@@ -85,6 +85,53 @@ describe.each(['filesystem', 'postgres'])(
       }
     });
 
+    it('lets a client that writes its whole body before reading read the refusal, and reuse the connection', async () => {
+      const { port } = new URL(server.url);
+      /** Writes the request and all of its body, then reads: the answer's status line, or the socket error. */
+      const writeThenRead = (head: string, body: Buffer): Promise<string> =>
+        new Promise((resolve) => {
+          const s = connect(Number(port), '127.0.0.1');
+          s.pause();
+          let got = '';
+          s.on('error', (e: NodeJS.ErrnoException) => resolve(got.split('\r\n')[0] || `error ${e.code}`));
+          s.on('close', () => resolve(got.split('\r\n')[0] || 'closed'));
+          s.write(head);
+          s.write(body, () => {
+            s.on('data', (d: Buffer) => {
+              got += d.toString('latin1');
+              const end = got.indexOf('\r\n\r\n');
+              if (end < 0) return;
+              const length = Number(/content-length: (\d+)/i.exec(got)?.[1] ?? 0);
+              if (got.length < end + 4 + length) return;
+              // The connection still serves: a second request on it is answered.
+              if (!got.includes('HTTP/1.1 200')) return void s.write('GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n');
+              s.destroy();
+              resolve(`${got.split('\r\n')[0]} then ${/HTTP\/1.1 200/.exec(got)?.[0]}`);
+            });
+            s.resume();
+          });
+        });
+      const manifest = Buffer.alloc(5 << 20, 0x20);
+      const put = (headers: string): string =>
+        `PUT /v2/hostile/big/manifests/v1 HTTP/1.1\r\nHost: x\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\n${headers}\r\n\r\n`;
+      // Refused by its declared length, before a byte is read.
+      expect(await writeThenRead(put(`content-length: ${manifest.length}`), manifest)).toBe(
+        'HTTP/1.1 413 Payload Too Large then HTTP/1.1 200',
+      );
+      // Refused once 4 MiB of a chunked body were read.
+      const chunked = Buffer.concat([
+        Buffer.from(`${manifest.length.toString(16)}\r\n`),
+        manifest,
+        Buffer.from('\r\n0\r\n\r\n'),
+      ]);
+      expect(await writeThenRead(put('transfer-encoding: chunked'), chunked)).toBe(
+        'HTTP/1.1 413 Payload Too Large then HTTP/1.1 200',
+      );
+      // A chunk for an upload that does not exist.
+      const patch = `PATCH /v2/hostile/big/blobs/uploads/${randomUUID()} HTTP/1.1\r\nHost: x\r\ncontent-type: application/octet-stream\r\ncontent-length: ${manifest.length}\r\n\r\n`;
+      expect(await writeThenRead(patch, manifest)).toBe('HTTP/1.1 404 Not Found then HTTP/1.1 200');
+    });
+
     it('logs a client hanging up mid-body as that, not as a failure of its own', async () => {
       const post = await send(`${server.url}/v2/hostile/abort/blobs/uploads/`, 'POST');
       const location = new URL(post.headers.location as string, server.url);

@@ -55,7 +55,7 @@ export async function readLimited(body: AsyncIterable<Buffer> | null, limit: num
     const next = await it.next();
     if (next.done) break;
     size += next.value.length;
-    if (size > limit) throw new RegistryError('MANIFEST_TOO_LARGE', { limit }, { Connection: 'close' });
+    if (size > limit) throw new RegistryError('MANIFEST_TOO_LARGE', { limit });
     chunks.push(next.value);
   }
   return Buffer.concat(chunks, size);

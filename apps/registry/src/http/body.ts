@@ -10,6 +10,36 @@ export function requestBody(req: FastifyRequest): AsyncIterable<Buffer> | null {
   return req.raw;
 }
 
+/** How much of a refused body is read and thrown away so that its client, still writing it, gets the answer. */
+export const DISCARD_MAX_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Reads and discards the rest of a body that an error was answered before: a client that writes its whole body
+ * before reading (most do, for a body that fits their buffers) would otherwise have its write fail with EPIPE and
+ * never see the answer, since a socket closed with unread data is reset. Past `max` bytes the connection is closed
+ * (a reset, for a client still sending a large body: nothing better is to be had without reading it all). A body
+ * read to its end leaves the connection usable for the next request.
+ */
+export function discardBody(req: FastifyRequest, max = DISCARD_MAX_BYTES): void {
+  const raw = req.raw;
+  let left = max;
+  const drain = (): void => {
+    for (let piece = raw.read() as Buffer | null; piece !== null; piece = raw.read() as Buffer | null) {
+      left -= piece.length;
+      if (left < 0) {
+        raw.off('readable', drain);
+        raw.socket?.destroy();
+        return;
+      }
+    }
+  };
+  // Reading through 'readable' works whether or not a handler began the body (an iterator it left behind keeps a
+  // 'readable' listener of its own, under which 'data' would never flow), and it keeps Node from draining the
+  // body itself, without a bound, once the answer is sent.
+  raw.on('readable', drain);
+  drain();
+}
+
 /** `Content-Range: <start>-<end>` as the spec writes it; `bytes <start>-<end>[/<total>]` accepted too. */
 export function parseContentRange(header: string | string[] | undefined): ContentRange | null {
   if (header === undefined) return null;

@@ -2,7 +2,7 @@ import { type ArgumentsHost, Catch, type ExceptionFilter, HttpException } from '
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { type ErrorName, RegistryError } from '@strata/oci';
-import { requestBody } from './body';
+import { discardBody, requestBody } from './body';
 
 /** Maps what the HTTP framework throws (unknown routes, bad requests) onto the error table. */
 function fromHttpStatus(status: number): ErrorName {
@@ -121,10 +121,9 @@ export function sendError(
   }
   reply.code(e.status);
   for (const [k, v] of Object.entries(e.headers ?? {})) reply.header(k, v);
-  // A body still arriving when the answer is an error would be drained to its end, or, once a handler has begun
-  // reading it, never (the connection then stalls for the next request): the answer closes the connection
-  // instead, as Go's server does past a small body. Requests without a body keep theirs.
-  if (requestBody(request) !== null && !request.raw.complete) reply.header('Connection', 'close');
+  // A body still arriving when the answer is an error is read to a bound and thrown away (discardBody), so its
+  // client sees the answer rather than a reset, and the connection serves the next request.
+  if (requestBody(request) !== null && !request.raw.complete) discardBody(request);
   if (request.method === 'HEAD') {
     reply.header('content-length', '0');
     reply.send();
