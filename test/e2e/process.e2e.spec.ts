@@ -150,6 +150,16 @@ describe('the strata process', () => {
       expect(raw.length).toBe(mine.length);
       for (const l of raw) expect(l.split('"reqId"').length - 1).toBe(1);
       for (const l of server.lines) expect(typeof l.time).toBe('string');
+      // A hang-up (a closed terminal) without TLS to reload is logged and changes nothing; Node's default ends
+      // the process.
+      server.child.kill('SIGHUP');
+      for (let i = 0; i < 100 && !server.lines.some((l) => l.signal === 'SIGHUP'); i++)
+        await new Promise((r) => setTimeout(r, 20));
+      expect(server.lines.find((l) => l.signal === 'SIGHUP')).toMatchObject({
+        level: 'info',
+        msg: 'nothing to reload: no TLS configured',
+      });
+      expect((await fetch(`${server.url}/v2/`)).status).toBe(200);
     } finally {
       server.child.kill('SIGINT');
       expect(await server.exited).toBe(0);

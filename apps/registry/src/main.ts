@@ -43,6 +43,11 @@ async function serve(config: Config): Promise<void> {
   let onSignal = (signal: string): void => void (requested ??= signal);
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   process.on('SIGINT', () => onSignal('SIGINT'));
+  // SIGHUP reloads the TLS certificate when there is one (below); otherwise, and until the server is up, it must
+  // not do Node's default, which ends the process (a closed terminal sends it) without stopping anything.
+  if (!config.tls)
+    process.on('SIGHUP', () => logger.info({ signal: 'SIGHUP' }, 'nothing to reload: no TLS configured'));
+  else process.on('SIGHUP', () => undefined);
   const runtime = await startRuntime(config, logger);
   let app: Awaited<ReturnType<typeof createApp>>;
   try {
@@ -60,7 +65,7 @@ async function serve(config: Config): Promise<void> {
     await stopRuntime(runtime).catch(() => undefined);
     throw e;
   }
-  // Identity (issue 18) will pass whether authentication is on.
+  // Identity (issue 13) will pass whether authentication is on.
   warnIfExposed(logger, { host: config.host, port: config.port, tls: config.tls !== null, auth: false });
   // Memory a burst of requests grew is handed back once it is over, not kept until the next one.
   collectWhenQuiet();
