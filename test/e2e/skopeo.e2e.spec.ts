@@ -1,8 +1,9 @@
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   buildLayout,
   createContainersEnv,
+  pulledDigests,
   sha256Hex as hex,
   type ContainersEnv,
 } from '../support/containers';
@@ -59,14 +60,10 @@ reportSkip('the podman end-to-end test', skipPodman);
       `docker://${host}/e2e/app:v1`,
       `oci:${pulled}:v1`,
     );
-    const index = JSON.parse(await readFile(join(pulled, 'index.json'), 'utf8')) as {
-      manifests: { digest: string }[];
-    };
-    expect(index.manifests.map((m) => m.digest)).toEqual([layout.manifestDigest]);
-    for (const digest of [layout.manifestDigest, ...layout.blobDigests]) {
-      const bytes = await readFile(join(pulled, 'blobs', 'sha256', digest.slice('sha256:'.length)));
-      expect(`sha256:${hex(bytes)}`).toBe(digest);
-    }
+    expect(await pulledDigests(pulled, layout)).toEqual({
+      index: [layout.manifestDigest],
+      blobs: [layout.manifestDigest, ...layout.blobDigests],
+    });
 
     const tags = (await (await fetch(`${t.url}/v2/e2e/app/tags/list`)).json()) as { tags: string[] };
     expect(tags.tags).toEqual(['v1']);

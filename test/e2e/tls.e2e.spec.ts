@@ -8,7 +8,13 @@ import { join } from 'node:path';
 import { connect, type TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
 import { freePort } from '../../libs/db/src/embedded-postgres';
-import { buildLayout, createContainersEnv, sha256Hex, type ContainersEnv } from '../support/containers';
+import {
+  buildLayout,
+  createContainersEnv,
+  pulledDigests,
+  sha256Hex,
+  type ContainersEnv,
+} from '../support/containers';
 import { ensureDebianPackage, reportSkip } from '../support/debian';
 import { MAIN } from '../support/server-process';
 import { createTestDatabase, type TestDatabase } from '../support/test-database';
@@ -314,14 +320,10 @@ describe('Strata over HTTPS', () => {
           `docker://${host}/tls/app:v1`,
           `oci:${pulled}:v1`,
         );
-        const index = JSON.parse(await readFile(join(pulled, 'index.json'), 'utf8')) as {
-          manifests: { digest: string }[];
-        };
-        expect(index.manifests.map((m) => m.digest)).toEqual([layout.manifestDigest]);
-        for (const digest of [layout.manifestDigest, ...layout.blobDigests]) {
-          const bytes = await readFile(join(pulled, 'blobs', 'sha256', digest.slice('sha256:'.length)));
-          expect(`sha256:${sha256Hex(bytes)}`).toBe(digest);
-        }
+        expect(await pulledDigests(pulled, layout)).toEqual({
+          index: [layout.manifestDigest],
+          blobs: [layout.manifestDigest, ...layout.blobDigests],
+        });
       },
     );
 

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -222,4 +222,23 @@ export async function buildLayout(root: string, layers: number): Promise<Layout>
     }),
   );
   return { dir, manifestDigest, blobDigests: [configDesc.digest, ...layerDescs.map((l) => l.digest)] };
+}
+
+/**
+ * The digests of an OCI layout a client pulled into `dir` (its one manifest, then every blob that manifest and
+ * `layout` list), each the sha256 of the bytes on disk: equal to `layout`'s when the pull was faithful.
+ */
+export async function pulledDigests(
+  dir: string,
+  layout: Layout,
+): Promise<{ index: string[]; blobs: string[] }> {
+  const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as {
+    manifests: { digest: string }[];
+  };
+  const blobs: string[] = [];
+  for (const digest of [layout.manifestDigest, ...layout.blobDigests]) {
+    const bytes = await readFile(join(dir, 'blobs', 'sha256', digest.slice('sha256:'.length)));
+    blobs.push(`sha256:${sha256Hex(bytes)}`);
+  }
+  return { index: index.manifests.map((m) => m.digest), blobs };
 }
