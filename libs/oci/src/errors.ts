@@ -80,6 +80,10 @@ export const ERROR_TABLE = {
   METHOD_UNKNOWN: { code: 'UNSUPPORTED', status: 405, message: 'method not allowed for this resource' },
   ROUTE_UNKNOWN: { code: 'NOT_FOUND', status: 404, message: 'no such route' },
   URL_INVALID: { code: 'BAD_REQUEST', status: 400, message: 'malformed request URL' },
+  // HTTP framing refused before a request reaches a route: no OCI code fits, so these are extensions.
+  REQUEST_INVALID: { code: 'BAD_REQUEST', status: 400, message: 'malformed HTTP request' },
+  REQUEST_TIMEOUT: { code: 'REQUEST_TIMEOUT', status: 408, message: 'the request was not received in time' },
+  HEADERS_TOO_LARGE: { code: 'HEADERS_TOO_LARGE', status: 431, message: 'request headers too large' },
   UNAVAILABLE: { code: 'UNAVAILABLE', status: 503, message: 'service unavailable' },
   UNKNOWN: { code: 'UNKNOWN', status: 500, message: 'unknown error' },
 } as const satisfies Record<string, ErrorEntry>;
