@@ -132,6 +132,43 @@ describe.each(['filesystem', 'postgres'])(
       expect(await writeThenRead(patch, manifest)).toBe('HTTP/1.1 404 Not Found then HTTP/1.1 200');
     });
 
+    it('answers requests that break HTTP framing with the OCI error envelope', async () => {
+      const { port } = new URL(server.url);
+      /** Sends raw bytes; resolves with the status code and the parsed envelope's codes. */
+      const raw = (bytes: string): Promise<{ status: number; codes: string[] }> =>
+        new Promise((resolve, reject) => {
+          const s = connect(Number(port), '127.0.0.1');
+          let got = '';
+          s.on('data', (d: Buffer) => (got += d.toString('latin1')));
+          s.on('error', () => undefined);
+          s.on('close', () => {
+            const [head, body = ''] = got.split('\r\n\r\n');
+            const status = Number(/^HTTP\/1.1 (\d{3})/.exec(head ?? '')?.[1] ?? 0);
+            try {
+              const parsed = JSON.parse(body) as { errors: { code: string }[] };
+              resolve({ status, codes: parsed.errors.map((e) => e.code) });
+            } catch {
+              reject(new Error(`not an envelope: ${JSON.stringify(got)}`));
+            }
+          });
+          s.end(bytes);
+        });
+      const post = 'POST /v2/hostile/frame/blobs/uploads/ HTTP/1.1\r\nHost: x\r\n';
+      for (const bytes of [
+        `${post}Content-Length: abc\r\n\r\n`,
+        `${post}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello`,
+        `${post}Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n`,
+        `${post}X-Bad: a\u0001b\r\n\r\n`,
+        'BREW /v2/ HTTP/1.1\r\nHost: x\r\n\r\n',
+      ]) {
+        expect(await raw(bytes)).toEqual({ status: 400, codes: ['BAD_REQUEST'] });
+      }
+      expect(await raw(`GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`)).toEqual({
+        status: 431,
+        codes: ['HEADERS_TOO_LARGE'],
+      });
+    });
+
     it('logs a client hanging up mid-body as that, not as a failure of its own', async () => {
       const post = await send(`${server.url}/v2/hostile/abort/blobs/uploads/`, 'POST');
       const location = new URL(post.headers.location as string, server.url);

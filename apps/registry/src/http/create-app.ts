@@ -6,6 +6,7 @@ import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '@strata/oci';
 import { AppModule } from '../app.module';
 import type { Runtime } from '../runtime';
+import { answerClientError } from './client-error';
 import { PinoNestLogger } from './logger';
 import { OciExceptionFilter, sendError } from './oci-exception.filter';
 import { rewriteOciUrl } from './oci-route';
@@ -32,7 +33,9 @@ export async function createApp(runtime: Runtime): Promise<NestFastifyApplicatio
     forceCloseConnections: 'idle',
     keepAliveTimeout: 65_000,
     requestTimeout: 0,
-    // Errors Fastify raises before routing (a URL that does not decode) get the same envelope as everything else.
+    // Requests that break HTTP's framing, and errors Fastify raises before routing (a URL that does not decode),
+    // get the same envelope as everything else.
+    clientErrorHandler: answerClientError(logger),
     frameworkErrors: (error: FastifyError, req: FastifyRequest, reply: FastifyReply) =>
       sendError(
         error.code === 'FST_ERR_BAD_URL' ? new RegistryError('URL_INVALID', error.message) : error,
