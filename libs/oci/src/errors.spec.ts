@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ERROR_TABLE, OCI_SPEC_ERROR_CODES, RegistryError } from './errors';
 
 describe('the OCI error table', () => {
@@ -38,5 +40,19 @@ describe('the OCI error table', () => {
         { code: 'BLOB_UNKNOWN', message: 'blob unknown to registry', detail: { digest: 'sha256:00' } },
       ],
     });
+  });
+});
+
+describe("the README's error table", () => {
+  it('lists every code with every status Strata can send it with', () => {
+    const readme = readFileSync(join(__dirname, '../../../README.md'), 'utf8');
+    const section = readme.slice(readme.indexOf('## Errors'), readme.indexOf('## Layout'));
+    const rows = new Set(
+      [...section.matchAll(/^\| `([A-Z_]+)` +\| +(\d{3}) \|/gm)].map((m) => `${m[1]} ${m[2]}`),
+    );
+    const sent = new Set(Object.values(ERROR_TABLE).map((e) => `${e.code} ${e.status}`));
+    expect([...sent].filter((r) => !rows.has(r))).toEqual([]);
+    // And nothing listed that the table cannot send.
+    expect([...rows].filter((r) => !sent.has(r))).toEqual([]);
   });
 });

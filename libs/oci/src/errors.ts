@@ -78,7 +78,8 @@ export const ERROR_TABLE = {
   RANGE_INVALID: { code: 'RANGE_INVALID', status: 416, message: 'invalid content range' },
   MANIFEST_TOO_LARGE: { code: 'SIZE_INVALID', status: 413, message: 'manifest exceeds the size limit' },
   METHOD_UNKNOWN: { code: 'UNSUPPORTED', status: 405, message: 'method not allowed for this resource' },
-  ROUTE_UNKNOWN: { code: 'NOT_FOUND', status: 404, message: 'no such route' },
+  // The spec's code for an operation the registry does not implement, with the status of a path it does not know.
+  ROUTE_UNKNOWN: { code: 'UNSUPPORTED', status: 404, message: 'no such route' },
   URL_INVALID: { code: 'BAD_REQUEST', status: 400, message: 'malformed request URL' },
   // HTTP framing refused before a request reaches a route: no OCI code fits, so these are extensions.
   REQUEST_INVALID: { code: 'BAD_REQUEST', status: 400, message: 'malformed HTTP request' },
