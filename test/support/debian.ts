@@ -14,10 +14,14 @@ export function ensureDebianPackage(
     return `${command} is not installed and this user cannot install it (not root)`;
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   spawnSync('apt-get', ['update', '-qq'], { env, stdio: 'ignore' });
-  const r = spawnSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', pkg], {
-    env,
-    encoding: 'utf8',
-  });
+  const r = spawnSync(
+    'apt-get',
+    ['install', '-y', '-qq', '-o', 'DPkg::Lock::Timeout=300', '--no-install-recommends', pkg],
+    {
+      env,
+      encoding: 'utf8',
+    },
+  );
   if (r.status !== 0 || spawnSync(command, versionArgs).status !== 0) {
     return `${command} could not be installed from Debian's package ${pkg}: ${(r.stderr || '').trim().split('\n').pop()}`;
   }
