@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
+import { connectionsAllowedBy, defaultMaxConnections, openFileLimit } from '../http/connection-guard';
 import { readTlsFiles, TlsFileError, type TlsFiles } from '../http/tls';
 
 export type StorageDriverName = 'filesystem' | 'postgres';
@@ -29,6 +30,16 @@ export interface Config {
   readonly directIo: boolean;
   /** With `directIo`: bytes at the start of each blob still written through the page cache. */
   readonly directIoAfter: number;
+  /** Time a client has to send a request's head (and, under TLS, to finish its handshake). */
+  readonly headerTimeoutMs: number;
+  /** A client sending none of a request body it owes, or reading none of a response, this long is cut. */
+  readonly clientIdleTimeoutMs: number;
+  /** How long a connection is kept open for a next request after its last response. */
+  readonly keepAliveTimeoutMs: number;
+  /** Client connections served at once; beyond them, 503 and then a close at accept. */
+  readonly maxConnections: number;
+  /** The same per client address (the TCP peer: behind a proxy, the proxy); 0: no limit of its own. */
+  readonly maxConnectionsPerClient: number;
   /** HTTPS on `port` with this certificate and key (checked readable and matching at start); null: plain HTTP. */
   readonly tls: TlsFiles | null;
 }
@@ -63,6 +74,11 @@ const KEYS = [
   'STRATA_DIRECT_IO_AFTER',
   'STRATA_TLS_CERT',
   'STRATA_TLS_KEY',
+  'STRATA_HEADER_TIMEOUT',
+  'STRATA_CLIENT_IDLE_TIMEOUT',
+  'STRATA_KEEPALIVE_TIMEOUT',
+  'STRATA_MAX_CONNECTIONS',
+  'STRATA_MAX_CONNECTIONS_PER_CLIENT',
 ] as const;
 
 const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
@@ -90,6 +106,19 @@ function parseIntIn(key: string, raw: string, min: number, max: number): number 
     throw new ConfigError(key, `expected an integer, got ${JSON.stringify(raw)}`);
   const n = Number(raw);
   if (n < min || n > max) throw new ConfigError(key, `must be between ${min} and ${max}, got ${n}`);
+  return n;
+}
+
+/** Room for the connection limit under the open-file limit, or the limit names the key and why. */
+function maxConnections(raw: string | undefined, fileLimit: number | null): number {
+  if (raw === undefined) return defaultMaxConnections(fileLimit);
+  const n = parseIntIn('STRATA_MAX_CONNECTIONS', raw, 1, 1_000_000);
+  const allowed = connectionsAllowedBy(fileLimit);
+  if (n > allowed)
+    throw new ConfigError(
+      'STRATA_MAX_CONNECTIONS',
+      `the open-file limit of ${fileLimit} leaves room for at most ${allowed} (raise it with ulimit -n), got ${n}`,
+    );
   return n;
 }
 
@@ -177,6 +206,10 @@ export function loadConfig(env: Source = process.env): Config {
     }
   }
   const host = get('HOST') ?? '0.0.0.0';
+  // Timers in Node take 32-bit milliseconds.
+  const maxTimerSeconds = Math.floor((2 ** 31 - 1) / 1000);
+  const millis = (key: (typeof KEYS)[number], fallback: string): number =>
+    atMost(key, parseDuration(key, get(key) ?? fallback), maxTimerSeconds) * 1000;
   if (!/^[A-Za-z0-9.:_-]+$/.test(host))
     throw new ConfigError('HOST', `not a host name or address: ${JSON.stringify(host)}`);
 
@@ -220,5 +253,15 @@ export function loadConfig(env: Source = process.env): Config {
       2 ** 40,
     ),
     tls: tlsFiles(get('STRATA_TLS_CERT'), get('STRATA_TLS_KEY')),
+    headerTimeoutMs: millis('STRATA_HEADER_TIMEOUT', '30s'),
+    clientIdleTimeoutMs: millis('STRATA_CLIENT_IDLE_TIMEOUT', '60s'),
+    keepAliveTimeoutMs: millis('STRATA_KEEPALIVE_TIMEOUT', '65s'),
+    maxConnections: maxConnections(get('STRATA_MAX_CONNECTIONS'), openFileLimit()),
+    maxConnectionsPerClient: parseIntIn(
+      'STRATA_MAX_CONNECTIONS_PER_CLIENT',
+      get('STRATA_MAX_CONNECTIONS_PER_CLIENT') ?? '256',
+      0,
+      1_000_000,
+    ),
   };
 }

@@ -6,7 +6,9 @@ import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '@strata/oci';
 import { AppModule } from '../app.module';
 import type { Runtime } from '../runtime';
+import { discardBody, requestBody } from './body';
 import { answerClientError } from './client-error';
+import { ConnectionGuard, refusal } from './connection-guard';
 import { PinoNestLogger } from './logger';
 import { OciExceptionFilter, sendError } from './oci-exception.filter';
 import { rewriteOciUrl } from './oci-route';
@@ -21,17 +23,29 @@ const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
  */
 export async function createApp(runtime: Runtime): Promise<NestFastifyApplication> {
   const { logger } = runtime;
-  const { tls } = runtime.config;
+  const { config } = runtime;
+  const { tls } = config;
+  // Node answers 408 to a request head not received in time; it checks every so often, so the check runs often
+  // enough for the bound to hold to within a tenth of it. No bound on a whole request (requestTimeout): a large
+  // blob over a slow link takes as long as it takes, and the ConnectionGuard below cuts only a client gone quiet.
+  const timeouts = {
+    headersTimeout: config.headerTimeoutMs,
+    requestTimeout: 0,
+    connectionsCheckingInterval: Math.min(30_000, Math.max(100, Math.floor(config.headerTimeoutMs / 10))),
+  };
   const adapter = new FastifyAdapter({
-    // HTTPS on the same port; main's SIGHUP handler swaps in a renewed certificate.
-    ...(tls ? { https: readTlsFiles(tls) } : {}),
+    // HTTPS on the same port; main's SIGHUP handler swaps in a renewed certificate. A TLS handshake gets the
+    // head's time bound, not Node's two minutes.
+    ...(tls
+      ? { https: { ...readTlsFiles(tls), ...timeouts, handshakeTimeout: config.headerTimeoutMs } }
+      : { http: timeouts }),
     loggerInstance: logger,
     disableRequestLogging: true,
     exposeHeadRoutes: false,
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 1024 },
     return503OnClosing: true,
     forceCloseConnections: 'idle',
-    keepAliveTimeout: 65_000,
+    keepAliveTimeout: config.keepAliveTimeoutMs,
     requestTimeout: 0,
     // Requests that break HTTP's framing, and errors Fastify raises before routing (a URL that does not decode),
     // get the same envelope as everything else.
@@ -54,6 +68,7 @@ export async function createApp(runtime: Runtime): Promise<NestFastifyApplicatio
     bodyParser: false,
   });
   const fastify = app.getHttpAdapter().getInstance();
+  const guard = new ConnectionGuard(fastify.server, config, logger);
 
   // Bodies reach handlers unread, whatever their type: blobs stream to storage, manifests are read to a limit.
   fastify.removeAllContentTypeParsers();
@@ -62,6 +77,13 @@ export async function createApp(runtime: Runtime): Promise<NestFastifyApplicatio
   fastify.addHook('onRequest', (req, reply, done) => {
     reply.header('X-Request-Id', req.id);
     reply.header('Docker-Distribution-API-Version', 'registry/2.0');
+    if (guard.onRequest(req.raw.socket, reply.raw, String(req.id))) {
+      // A connection beyond the limits: told to come back, then closed.
+      const { status, headers, body } = refusal();
+      if (requestBody(req) !== null) discardBody(req);
+      void reply.code(status).headers(headers).send(body);
+      return;
+    }
     requestContext.run({ requestId: String(req.id) }, done);
   });
   fastify.addHook('onResponse', (req, reply, done) => {
