@@ -263,7 +263,7 @@ describe('the strata process under a connection flood', () => {
       DATABASE_URL: database.url,
       STRATA_DATA_DIR: dataDir,
       STRATA_MAX_CONNECTIONS: '300',
-      STRATA_MAX_CONNECTIONS_PER_CLIENT: '100',
+      STRATA_MAX_CONNECTIONS_PER_IP: '100',
       // The flood stays for the whole test: what holds it off is the limits, not the timeouts.
       STRATA_HEADER_TIMEOUT: '10m',
     });

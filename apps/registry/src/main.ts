@@ -76,6 +76,7 @@ async function serve(config: Config): Promise<void> {
       storage: config.storage,
       ...(runtime.storage instanceof FilesystemDriver ? { directWrites: runtime.storage.directWrites } : {}),
       database: runtime.embedded ? 'embedded' : 'external',
+      maxConnections: config.maxConnections,
     },
     'strata listening',
   );

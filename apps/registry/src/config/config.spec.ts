@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { defaultMaxConnections, FD_RESERVE, openFileLimit, REFUSED_MAX } from '../http/connection-guard';
 import { ConfigError, loadConfig } from './config';
 
 function errorOf(fn: () => unknown): ConfigError {
@@ -37,6 +38,11 @@ describe('loadConfig', () => {
     expect(c.directIo).toBe(true);
     expect(c.directIoAfter).toBe(64 * 1024 * 1024);
     expect(c.dbIdleInTransactionSeconds).toBe(60);
+    expect(c.headerTimeoutMs).toBe(30_000);
+    expect(c.clientIdleTimeoutMs).toBe(60_000);
+    expect(c.keepAliveTimeoutMs).toBe(65_000);
+    expect(c.maxConnections).toBe(defaultMaxConnections(openFileLimit()));
+    expect(c.maxConnectionsPerClient).toBe(256);
   });
 
   it.each([
@@ -52,6 +58,13 @@ describe('loadConfig', () => {
     ['STRATA_DIRECT_IO_AFTER', '64M'],
     ['STRATA_DB_IDLE_IN_TRANSACTION', '0'],
     ['STRATA_DB_IDLE_IN_TRANSACTION', '30d'],
+    ['STRATA_HEADER_TIMEOUT', '0'],
+    ['STRATA_HEADER_TIMEOUT', '30d'],
+    ['STRATA_CLIENT_IDLE_TIMEOUT', 'never'],
+    ['STRATA_KEEPALIVE_TIMEOUT', '-1'],
+    ['STRATA_MAX_CONNECTIONS', '0'],
+    ['STRATA_MAX_CONNECTIONS', 'many'],
+    ['STRATA_MAX_CONNECTIONS_PER_IP', '1.5'],
   ])('names %s when it is %j', (key, value) => {
     const e = errorOf(() => loadConfig({ [key]: value }));
     expect(e.key).toBe(key);
@@ -63,6 +76,29 @@ describe('loadConfig', () => {
     expect(loadConfig({ STRATA_UPLOAD_TTL: '15m' }).uploadTtlSeconds).toBe(900);
     expect(loadConfig({ STRATA_UPLOAD_TTL: '90' }).uploadTtlSeconds).toBe(90);
     expect(loadConfig({ STRATA_DB_IDLE_IN_TRANSACTION: '2m' }).dbIdleInTransactionSeconds).toBe(120);
+  });
+
+  it('parses the connection timeouts and limits', () => {
+    const c = loadConfig({
+      STRATA_HEADER_TIMEOUT: '5s',
+      STRATA_CLIENT_IDLE_TIMEOUT: '2m',
+      STRATA_KEEPALIVE_TIMEOUT: '75',
+      STRATA_MAX_CONNECTIONS: '100',
+      STRATA_MAX_CONNECTIONS_PER_IP: '0',
+    });
+    expect([c.headerTimeoutMs, c.clientIdleTimeoutMs, c.keepAliveTimeoutMs]).toEqual([5000, 120_000, 75_000]);
+    expect([c.maxConnections, c.maxConnectionsPerClient]).toEqual([100, 0]);
+  });
+
+  it('keeps the connection limit under the open-file limit, with room for the rest of the process', () => {
+    expect(defaultMaxConnections(1024)).toBe(1024 - FD_RESERVE - REFUSED_MAX);
+    expect(defaultMaxConnections(1_048_576)).toBe(4096);
+    expect(defaultMaxConnections(null)).toBe(4096);
+    const limit = openFileLimit();
+    if (limit === null) return;
+    const e = errorOf(() => loadConfig({ STRATA_MAX_CONNECTIONS: String(limit) }));
+    expect(e.key).toBe('STRATA_MAX_CONNECTIONS');
+    expect(e.message).toContain(`open-file limit of ${limit}`);
   });
 
   it('reads a YAML file, overridden by the environment', () => {

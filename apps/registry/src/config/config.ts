@@ -78,7 +78,7 @@ const KEYS = [
   'STRATA_CLIENT_IDLE_TIMEOUT',
   'STRATA_KEEPALIVE_TIMEOUT',
   'STRATA_MAX_CONNECTIONS',
-  'STRATA_MAX_CONNECTIONS_PER_CLIENT',
+  'STRATA_MAX_CONNECTIONS_PER_IP',
 ] as const;
 
 const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
@@ -258,8 +258,8 @@ export function loadConfig(env: Source = process.env): Config {
     keepAliveTimeoutMs: millis('STRATA_KEEPALIVE_TIMEOUT', '65s'),
     maxConnections: maxConnections(get('STRATA_MAX_CONNECTIONS'), openFileLimit()),
     maxConnectionsPerClient: parseIntIn(
-      'STRATA_MAX_CONNECTIONS_PER_CLIENT',
-      get('STRATA_MAX_CONNECTIONS_PER_CLIENT') ?? '256',
+      'STRATA_MAX_CONNECTIONS_PER_IP',
+      get('STRATA_MAX_CONNECTIONS_PER_IP') ?? '256',
       0,
       1_000_000,
     ),
