@@ -3,14 +3,17 @@ import { sql } from 'kysely';
 import type { Db, Tx } from '@strata/db';
 import { assertKey, type BlobStorage, type ByteRange } from './blob-storage';
 import { copyBytes } from './copy-out';
+import { loPut } from './lo-put';
 import { streamed } from './reclaim';
 
 /** Bytes fetched per statement while streaming a read. */
 const WINDOW = 4 * 1024 * 1024;
 /** Bytes per row of a read's COPY: what pg must hold of one message at a time. */
 const ROW = 256 * 1024;
-/** Bytes sent per statement while writing; one slice is written while the next arrives. */
+/** Bytes sent per statement while writing: a whole number of large-object pages (2 KiB). */
 const WRITE_SLICE = 1024 * 1024;
+/** Slices of one write in flight at once, each on its own connection. */
+const WRITE_DEPTH = 3;
 
 function enoent(key: string): NodeJS.ErrnoException {
   const e: NodeJS.ErrnoException = new Error(`no object at ${key}`);
@@ -128,37 +131,51 @@ export class LargeObjectDriver implements BlobStorage {
     let size = 0;
     let pending: Buffer[] = [];
     let pendingBytes = 0;
-    // The slice on its way to the server while the next one arrives; its failure is seen at the next await.
-    let inFlight: Promise<unknown> = Promise.resolve();
-    const flush = async (): Promise<void> => {
-      if (pendingBytes === 0) return;
-      const slice = pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes);
+    // Slices on their way to the server, each on a connection of its own, while the next ones arrive. Slices cover
+    // whole 2 KiB pages of the large object, so no two of them (in their own transactions) write the same page.
+    const inFlight = new Set<Promise<void>>();
+    const failed: { error: Error | null } = { error: null };
+    const send = async (bytes: Buffer[], length: number): Promise<void> => {
       const offset = size;
-      size += pendingBytes;
-      pending = [];
-      pendingBytes = 0;
-      await inFlight;
-      // Each slice commits without waiting for its WAL to reach the disk: the statement that marks the object
-      // complete below waits for its own commit record, and with it for every record written before it.
-      const put = sql`SELECT set_config('synchronous_commit', 'off', true),
-        strata_lo_put(${loid}::oid, ${offset}::bigint, ${slice})`.execute(this.db);
-      put.catch(() => undefined);
-      inFlight = put;
+      size += length;
+      while (inFlight.size >= WRITE_DEPTH) await Promise.race(inFlight);
+      if (failed.error) throw failed.error;
+      const put: Promise<void> = loPut(this.db, loid, offset, bytes).then(
+        () => void inFlight.delete(put),
+        (e: unknown) => {
+          inFlight.delete(put);
+          failed.error ??= e instanceof Error ? e : new Error(String(e));
+        },
+      );
+      inFlight.add(put);
     };
     try {
       for await (const chunk of source) {
-        pending.push(chunk);
-        pendingBytes += chunk.length;
         streamed(chunk.length);
-        if (pendingBytes >= WRITE_SLICE) await flush();
+        let rest = chunk;
+        while (pendingBytes + rest.length >= WRITE_SLICE) {
+          const take = WRITE_SLICE - pendingBytes;
+          pending.push(rest.subarray(0, take));
+          rest = rest.subarray(take);
+          const slice = pending;
+          pending = [];
+          pendingBytes = 0;
+          await send(slice, WRITE_SLICE);
+        }
+        if (rest.length > 0) {
+          pending.push(rest);
+          pendingBytes += rest.length;
+        }
       }
-      await flush();
-      await inFlight;
+      if (pendingBytes > 0) await send(pending, pendingBytes);
+      await Promise.all(inFlight);
+      if (failed.error) throw failed.error;
+      // Every slice has committed: this commit's WAL flush covers theirs.
       await sql`UPDATE storage_objects SET size = ${size}, complete = true WHERE key = ${key}`.execute(
         this.db,
       );
     } catch (e) {
-      await inFlight.catch(() => undefined);
+      await Promise.all(inFlight);
       await this.delete(key).catch(() => undefined);
       throw e;
     }
