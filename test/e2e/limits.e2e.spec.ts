@@ -22,6 +22,14 @@ async function waitFor(
   }
 }
 
+/**
+ * Waits for the server to close `c`, for at most `timeoutMs`: generous next to the bounds these tests set (1-2 s),
+ * short of Node's and the old defaults (a minute and more), so a bound that is not enforced fails the test.
+ */
+async function closedWithin(c: Raw, timeoutMs = 20_000): Promise<void> {
+  await waitFor('the server to close the connection', () => c.isClosed(), timeoutMs);
+}
+
 /** A connection written to by hand: what it received, and whether the server closed it. */
 interface Raw {
   readonly socket: Socket;
@@ -103,7 +111,7 @@ describe('the strata process bounds what hostile clients can hold', () => {
     const from = server.lines.length;
     const c = await open(port);
     c.socket.write('GET /v2/ HTTP/1.1\r\nHost: x\r\n');
-    await c.closed;
+    await closedWithin(c);
     expect(answer(c.received())).toMatchObject({ status: 408, codes: ['REQUEST_TIMEOUT'] });
     expect(problems(server, from)).toEqual([]);
   });
@@ -124,7 +132,7 @@ describe('the strata process bounds what hostile clients can hold', () => {
         return c;
       }),
     );
-    await Promise.all(stalled.map((c) => c.closed));
+    await Promise.all(stalled.map((c) => closedWithin(c)));
     for (const [i, c] of stalled.entries()) {
       const got = answer(c.received());
       expect(got).toMatchObject({ status: 408, codes: ['REQUEST_TIMEOUT'] });
@@ -147,7 +155,7 @@ describe('the strata process bounds what hostile clients can hold', () => {
     expect(answer(c.received().replace(/\{\}$/, '')).status).toBe(200);
     // Kept open for a next request, which never comes.
     expect(c.received()).not.toMatch(/connection: close/i);
-    await c.closed;
+    await closedWithin(c);
   });
 
   it('does not cut a commit that waits on the database longer than the idle bound', async () => {
@@ -186,7 +194,7 @@ describe('the strata process bounds what hostile clients can hold', () => {
         `PATCH ${witnessAt.pathname}${witnessAt.search} HTTP/1.1\r\nHost: x\r\n` +
           'Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\nabc',
       );
-      await stalled.closed;
+      await closedWithin(stalled);
       expect(answer(stalled.received()).status).toBe(408);
       expect(settled).toBe(false);
       await lock.query('COMMIT');
