@@ -308,35 +308,6 @@ describe.each([
     });
   });
 
-  describe('openReader', () => {
-    it('serves reads at any offsets and sizes, several waiting at once, across composed parts', async () => {
-      const parts = [randomBytes(5 * MiB + 17), randomBytes(1000), randomBytes(3 * MiB)];
-      const keys = [];
-      for (const p of parts) keys.push(await writeChunk(p));
-      const data = Buffer.concat(parts);
-      const key = blobKey(hex());
-      await storage.compose(key, keys);
-      const reader = await storage.openReader!(key);
-      try {
-        expect(reader.size).toBe(data.length);
-        const at = [0, 512 * 1024, 1024 * 1024, 5 * MiB + 10, 5 * MiB + 900, 6 * MiB, data.length - 7];
-        const reads = at.map(async (position) => {
-          const buffer = Buffer.alloc(700_001);
-          const n = await reader.read(buffer, buffer.length, position);
-          expect(n).toBeGreaterThan(0);
-          expect(buffer.subarray(0, n).equals(data.subarray(position, position + n))).toBe(true);
-          return n;
-        });
-        expect((await Promise.all(reads)).at(-1)).toBe(7);
-        expect(await reader.read(Buffer.alloc(10), 10, data.length)).toBe(0);
-      } finally {
-        await reader.close();
-      }
-      await storage.delete(key);
-      for (const k of keys) await storage.delete(k);
-    });
-  });
-
   describe('objects never share bytes', () => {
     it('deleting a composed object leaves its parts, deleting the parts leaves the composed object', async () => {
       const a = randomBytes(70_000);

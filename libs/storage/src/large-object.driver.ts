@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import { sql } from 'kysely';
 import type { Db, Tx } from '@strata/db';
-import { assertKey, type BlobStorage, type ByteRange, type ObjectReader } from './blob-storage';
+import { assertKey, type BlobStorage, type ByteRange } from './blob-storage';
 import { copyBytes } from './copy-out';
 import { loPut } from './lo-put';
 import { streamed } from './reclaim';
@@ -70,9 +70,9 @@ class WindowStream extends Readable {
       `SELECT o, lo_get(${int(loid)}::oid, o, least(${ROW}, ${int(end)} - o + 1)::int)
        FROM generate_series(${int(start)}::bigint, ${int(end)}::bigint, ${ROW}) AS o`,
       start,
-      (view) => {
-        streamed(view.length);
-        if (!this.destroyed) this.push(Buffer.from(view));
+      (bytes) => {
+        streamed(bytes.length);
+        if (!this.destroyed) this.push(bytes);
       },
     ).then(
       (got) => {
@@ -88,117 +88,6 @@ class WindowStream extends Readable {
         this.destroy(e as Error);
       },
     );
-  }
-}
-
-/** A positional read waiting for its bytes. */
-interface Wanted {
-  readonly buffer: Buffer;
-  readonly position: number;
-  readonly length: number;
-  got: number;
-  readonly resolve: (n: number) => void;
-  readonly reject: (e: unknown) => void;
-}
-
-/**
- * Positional reads of an object, for a sender with its own ring of buffers: the reads waiting at a time that follow
- * each other become one COPY (up to a window), whose rows are copied straight into the readers' buffers as they
- * arrive. Nothing is buffered here and no connection is held between statements, so a sender that stops asking
- * holds only its own buffers.
- */
-class LargeObjectReader implements ObjectReader {
-  private readonly waiting: Wanted[] = [];
-  private running = false;
-  private closed = false;
-
-  constructor(
-    private readonly db: Db,
-    private readonly key: string,
-    readonly size: number,
-    private readonly segments: readonly Segment[],
-  ) {}
-
-  read(buffer: Buffer, length: number, position: number): Promise<number> {
-    const n = Math.max(0, Math.min(length, buffer.length, this.size - position));
-    if (n === 0 || this.closed) return Promise.resolve(0);
-    return new Promise<number>((resolve, reject) => {
-      this.waiting.push({ buffer, position, length: n, got: 0, resolve, reject });
-      this.waiting.sort((a, b) => a.position - b.position);
-      this.pump();
-    });
-  }
-
-  close(): Promise<void> {
-    this.closed = true;
-    for (const w of this.waiting.splice(0)) w.resolve(0);
-    return Promise.resolve();
-  }
-
-  private pump(): void {
-    if (this.running || this.waiting.length === 0) return;
-    const batch: Wanted[] = [this.waiting.shift()!];
-    let end = batch[0]!.position + batch[0]!.length;
-    while (this.waiting.length > 0) {
-      const next = this.waiting[0]!;
-      if (next.position !== end || end - batch[0]!.position + next.length > WINDOW) break;
-      batch.push(this.waiting.shift()!);
-      end += next.length;
-    }
-    this.running = true;
-    this.fill(batch, batch[0]!.position, end - 1).then(
-      () => {
-        this.running = false;
-        for (const w of batch) w.resolve(w.got);
-        this.pump();
-      },
-      (e: unknown) => {
-        this.running = false;
-        for (const w of batch) w.reject(e);
-        this.pump();
-      },
-    );
-  }
-
-  /** Copies bytes [from, to] of the object into the batch's buffers, segment by segment. */
-  private async fill(batch: Wanted[], from: number, to: number): Promise<void> {
-    let at = from;
-    let i = 0;
-    const take = (view: Buffer): void => {
-      streamed(view.length);
-      let v = view;
-      while (v.length > 0) {
-        const w = batch[i]!;
-        const n = Math.min(v.length, w.length - w.got);
-        v.copy(w.buffer, w.got, 0, n);
-        w.got += n;
-        v = v.subarray(n);
-        if (w.got === w.length) {
-          w.resolve(w.length);
-          i++;
-        }
-      }
-    };
-    let base = 0;
-    for (const segment of this.segments) {
-      const segmentEnd = base + segment.size - 1;
-      if (at <= to && at <= segmentEnd && at >= base) {
-        const last = Math.min(to, segmentEnd);
-        const start = at - base;
-        const end = last - base;
-        const got = await copyBytes(
-          this.db,
-          `SELECT o, lo_get(${int(segment.loid)}::oid, o, least(${ROW}, ${int(end)} - o + 1)::int)
-           FROM generate_series(${int(start)}::bigint, ${int(end)}::bigint, ${ROW}) AS o`,
-          start,
-          take,
-        );
-        if (got !== end - start + 1)
-          throw new Error(`failed to read ${this.key}: large object ${segment.loid} is short`);
-        at = last + 1;
-      }
-      base += segment.size;
-    }
   }
 }
 
@@ -362,11 +251,6 @@ export class LargeObjectDriver implements BlobStorage {
       base += segment.size;
     }
     return new WindowStream(this.db, key, windows);
-  }
-
-  async openReader(key: string): Promise<ObjectReader> {
-    const { size, segments } = await this.object(key);
-    return new LargeObjectReader(this.db, key, size, segments);
   }
 
   async size(key: string): Promise<number | null> {
