@@ -210,6 +210,44 @@ describe('parseManifest', () => {
     });
   });
 
+  it('refuses a case variant of a field name where Go decodes a struct, as Go would read it as that field', () => {
+    const reason = 'a key differs from a field name only in case';
+    // As found by a hostile client: Go clients read the last of `layers` / `Layers`, JSON.parse the first.
+    const shadowed = Buffer.from(
+      JSON.stringify(image()).replace(/}$/, `,"Layers":[${JSON.stringify({ ...LAYER, digest: d('9') })}]}`),
+    );
+    expect(refusal(() => parseManifest(shadowed, null))).toMatchObject({
+      code: 'MANIFEST_INVALID',
+      detail: { reason, key: 'Layers', field: 'layers' },
+    });
+    // Alone too, inside descriptors and platforms, and with the runes Go folds into ASCII (ſ is S).
+    const variants: Record<string, unknown>[] = [
+      { ...image(), LAYERS: [] },
+      image({ layers: [{ ...LAYER, Digest: LAYER.digest }] }),
+      image({ config: { ...CONFIG, ['\u017fize']: 1 } }),
+      {
+        schemaVersion: 2,
+        manifests: [
+          { ...LAYER, mediaType: MEDIA_TYPE.OCI_MANIFEST, platform: { os: 'linux', Architecture: 'x' } },
+        ],
+      },
+      { ...image(), ['layer\u017f']: [] },
+    ];
+    for (const v of variants)
+      expect(refusal(() => parseManifest(body(v), null)).detail).toMatchObject({ reason });
+    // Annotations are maps, matched exactly by every decoder; unknown extension values are not decoded at all.
+    const maps = image({ annotations: { Digest: 'a', digest: 'b', SIZE: 'c' } });
+    expect(parseManifest(body(maps), null).annotations).toEqual({ Digest: 'a', digest: 'b', SIZE: 'c' });
+    expect(
+      parseManifest(body({ ...image(), 'x-ext': { Layers: 1, Size: 2 } }), null).references,
+    ).toHaveLength(2);
+  });
+
+  it('refuses a leading byte-order mark, which Go clients cannot parse', () => {
+    const bom = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), body(image())]);
+    expect(refusal(() => parseManifest(bom, null)).code).toBe('MANIFEST_INVALID');
+  });
+
   it('accepts an image manifest with no layers and an index with no children', () => {
     expect(parseManifest(body(image({ layers: [] })), null).references).toHaveLength(1);
     expect(parseManifest(body({ schemaVersion: 2, manifests: [] }), MEDIA_TYPE.OCI_INDEX).references).toEqual(

@@ -122,18 +122,94 @@ const unstorable = (s: string): boolean => s.includes('\0') || LONE_SURROGATE.te
 export const MAX_MANIFEST_DEPTH = 10_000;
 
 /**
+ * The names of every field Go's distribution code decodes from a manifest, an index or a descriptor. Go's
+ * encoding/json matches a key to a struct field case-insensitively (`Layers` and `LAYERS` fill `layers`, the last
+ * one written wins), so a case variant of one of these names means something to Go clients that JSON.parse does
+ * not see.
+ */
+const STRUCT_FIELDS = [
+  'schemaVersion',
+  'mediaType',
+  'artifactType',
+  'config',
+  'layers',
+  'manifests',
+  'subject',
+  'annotations',
+  'digest',
+  'size',
+  'urls',
+  'data',
+  'platform',
+  'architecture',
+  'os',
+  'os.version',
+  'os.features',
+  'variant',
+  'features',
+];
+
+/**
+ * A key as Go's encoding/json folds it to match a field: ASCII upper-cased, and the four non-ASCII runes whose
+ * simple case mapping lands in ASCII (ſ and ı fold to S and I, the Kelvin sign to K, İ to I). Other runes are
+ * kept: no field name has them, so they cannot make a key match one.
+ */
+function goFold(key: string): string {
+  return key.replace(/[a-z\u0130\u0131\u017f\u212a]/g, (c) => GO_FOLD_SPECIAL[c] ?? c.toUpperCase());
+}
+
+const GO_FOLD_SPECIAL: Record<string, string> = {
+  '\u0130': 'I',
+  '\u0131': 'I',
+  '\u017f': 'S',
+  '\u212a': 'K',
+};
+
+const FIELD_BY_FOLD = new Map(STRUCT_FIELDS.map((f) => [goFold(f), f]));
+
+/** Keys of these fields hold maps (string to string), matched exactly by every decoder. */
+const MAP_FIELDS = new Set(['annotations']);
+/** Fields whose value is a struct, and arrays whose elements are. */
+const STRUCT_VALUED = new Set(['config', 'subject', 'platform']);
+const STRUCT_ARRAYS = new Set(['layers', 'manifests']);
+
+/**
+ * What an open container is to Go's decoder: a struct (its keys are matched to fields case-insensitively), an
+ * array of structs, or anything else (a map, or a value no field takes, whose keys are matched exactly or not at
+ * all).
+ */
+type Role = 'struct' | 'structs' | 'other';
+
+interface Frame {
+  readonly role: Role;
+  /** The keys seen so far, for an object; null for an array. */
+  readonly keys: Set<string> | null;
+  /** The last key read, whose value comes next. */
+  key: string;
+}
+
+function roleOf(parent: Frame | undefined, isObject: boolean): Role {
+  if (!parent) return isObject ? 'struct' : 'other';
+  if (parent.role === 'structs') return isObject ? 'struct' : 'other';
+  if (parent.role !== 'struct' || MAP_FIELDS.has(parent.key)) return 'other';
+  if (isObject) return STRUCT_VALUED.has(parent.key) ? 'struct' : 'other';
+  return STRUCT_ARRAYS.has(parent.key) ? 'structs' : 'other';
+}
+
+/**
  * Refuses what JSON.parse accepts but Strata cannot store or other readers see differently, in one pass over the
  * text before it is parsed:
  * - nesting deeper than Go's decoder takes;
  * - a key written twice in one object (JSON.parse keeps the last, other decoders the first or either), so the
  *   bytes Strata serves mean one thing to every client;
+ * - where Go decodes an object into a struct (the manifest, its descriptors and platforms), a key that is a case
+ *   variant of a field's name (`Layers`): Go would read it as that field, JSON.parse as an unknown key;
  * - a string with U+0000 or a lone surrogate, which PostgreSQL's text and jsonb cannot hold and no manifest field
  *   needs. Only an escaped string can hold either: unescaped, JSON refuses U+0000 and UTF-8 a lone surrogate.
  * What is not JSON at all is left for JSON.parse to describe.
  */
 function checkStructure(text: string): void {
-  // Per open container: the keys seen so far for an object, null for an array.
-  const open: (Set<string> | null)[] = [];
+  const open: Frame[] = [];
   let keyNext = false;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
@@ -157,22 +233,33 @@ function checkStructure(text: string): void {
         if (unstorable(value))
           throw invalid('manifest strings must not contain U+0000 or unpaired UTF-16 surrogates');
       }
-      const keys = open[open.length - 1];
-      if (keyNext && keys) {
-        if (keys.has(value)) throw invalid('a key appears twice in one object', { key: value });
-        keys.add(value);
+      const frame = open[open.length - 1];
+      if (keyNext && frame?.keys) {
+        if (frame.keys.has(value)) throw invalid('a key appears twice in one object', { key: value });
+        frame.keys.add(value);
+        frame.key = value;
+        if (frame.role === 'struct') {
+          const field = FIELD_BY_FOLD.get(goFold(value));
+          if (field !== undefined && field !== value)
+            throw invalid('a key differs from a field name only in case', { key: value, field });
+        }
       }
       keyNext = false;
     } else if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
-      open.push(c === 0x7b ? new Set() : null);
+      const isObject = c === 0x7b;
+      open.push({
+        role: roleOf(open[open.length - 1], isObject),
+        keys: isObject ? new Set() : null,
+        key: '',
+      });
       if (open.length > MAX_MANIFEST_DEPTH)
         throw invalid('the manifest is nested too deeply', { maxDepth: MAX_MANIFEST_DEPTH });
-      keyNext = c === 0x7b;
+      keyNext = isObject;
     } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
       open.pop();
       keyNext = false;
     } else if (c === 0x2c /* , */) {
-      keyNext = open[open.length - 1] != null;
+      keyNext = open[open.length - 1]?.keys != null;
     } else if (c === 0x3a /* : */) {
       keyNext = false;
     }
@@ -182,7 +269,8 @@ function checkStructure(text: string): void {
 function parseJson(body: Buffer): Record<string, unknown> {
   let text: string;
   try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(body);
+    // ignoreBOM keeps a leading byte-order mark, so JSON.parse refuses it as Go's decoder does.
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(body);
   } catch {
     throw invalid('manifest is not UTF-8');
   }
