@@ -144,6 +144,20 @@ describe('the strata process bounds what hostile clients can hold', () => {
       ).length;
     await waitFor('each cut to be logged', () => cuts() >= 20);
     expect(cuts()).toBe(20);
+    // The handler reading each body sees it end as a hang-up; its line says what happened instead.
+    const mine = (l: Record<string, unknown>): boolean => /^stall-\d+$/.test(String(l.reqId));
+    await waitFor(
+      'each handler to log the end of its body',
+      () =>
+        server.lines.filter(
+          (l) => mine(l) && l.msg === 'stopped reading a request body its client stopped sending',
+        ).length >= 20,
+    );
+    expect(
+      server.lines.filter(
+        (l) => mine(l) && l.msg === 'client closed the connection before the request was read',
+      ),
+    ).toEqual([]);
     expect((await fetch(`${server.url}/v2/`)).status).toBe(200);
     expect(problems(server, from)).toEqual([]);
   });

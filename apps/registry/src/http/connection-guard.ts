@@ -237,6 +237,13 @@ export class ConnectionGuard {
       c.raw.destroy();
       return;
     }
+    // Once the 408 is written Node detaches the request from its connection, so the close never ends the body: a
+    // handler still reading it would wait forever, holding its upload's open file. It is ended as a hang-up
+    // would end it, once the connection is gone (a reset before that could lose the 408).
+    c.raw.once('close', () => {
+      if (!req.complete && !req.destroyed)
+        req.destroy(Object.assign(new Error('aborted'), { code: 'ECONNRESET' }));
+    });
     const body = JSON.stringify(
       new RegistryError('REQUEST_TIMEOUT', {
         reason: `no bytes of the request body for ${Math.round(idleMs / 1000)} s`,
@@ -270,6 +277,14 @@ export class ConnectionGuard {
     this.refusedClosed = 0;
     this.lastRefusalLog = now;
   }
+}
+
+/**
+ * Whether the guard cut this connection for idling (and answered its request 408): its handler then sees the
+ * body end as if the client had hung up, which is not what happened.
+ */
+export function cutForIdling(socket: Socket | null | undefined): boolean {
+  return ((socket as Tagged | null | undefined)?.[STATE]?.cutAt ?? null) !== null;
 }
 
 /** The answer to a request on a connection beyond a limit: 503, Retry-After, the envelope, then the close. */

@@ -3,6 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { type ErrorName, RegistryError } from '@strata/oci';
 import { discardBody, requestBody } from './body';
+import { cutForIdling } from './connection-guard';
 
 /** Maps what the HTTP framework throws (unknown routes, bad requests) onto the error table. */
 function fromHttpStatus(status: number): ErrorName {
@@ -94,6 +95,16 @@ export function sendError(
   reply: FastifyReply,
   logger: Logger,
 ): void {
+  if (cutForIdling(request.raw.socket)) {
+    // The connection guard answered 408 and closed the connection: the client sent none of the body it owed for
+    // the idle timeout, and the handler reading it gives up now.
+    logger.info(
+      { method: request.method, url: request.originalUrl, reason: 'client idle timeout', status: 408 },
+      'stopped reading a request body its client stopped sending',
+    );
+    reply.raw.destroy();
+    return;
+  }
   if (clientWentAway(error, request)) {
     // Nothing can be answered on a connection the client has closed, and it is not a failure of ours.
     logger.info(
