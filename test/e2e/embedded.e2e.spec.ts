@@ -229,6 +229,24 @@ describe('the embedded PostgreSQL default', () => {
     expect(lines[0]).not.toContain('undefined');
   });
 
+  it('tells why the cluster could not be created in one line, with initdb’s own error', async () => {
+    const dir = await dataDir();
+    // A data directory that is not empty and holds no cluster: initdb refuses it (after its progress lines).
+    await mkdir(clusterOf(dir), { recursive: true });
+    await writeFile(join(clusterOf(dir), 'stray'), 'not a cluster\n');
+    const r = await run(MAIN, ['serve'], {
+      PATH: process.env.PATH ?? '',
+      STRATA_DATA_DIR: dir,
+      HOST: '127.0.0.1',
+      PORT: String(await freePort()),
+    });
+    expect(r.status).toBe(1);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^strata: failed to start: embedded PostgreSQL in .*initdb failed/);
+    expect(lines[0]).toMatch(/initdb: error: directory ".*cluster" exists but is not empty/);
+  });
+
   (skipPsql ? it.skip : it)(
     '`strata sql -c` answers from the running registry’s database, and starts the cluster for itself when it is not running',
     async () => {

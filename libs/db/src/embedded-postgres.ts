@@ -86,10 +86,29 @@ async function run(
   return new Promise((res, rej) =>
     execFile(file, args, { ...options, env: { ...process.env, LC_ALL: 'C' } }, (err, stdout, stderr) => {
       if (!err) return res(stdout);
-      const said = `${stderr}\n${stdout}`.trim().split('\n').slice(-TAIL_LINES).join(' | ');
-      rej(new EmbeddedPostgresError(`${file.split('/').pop()} failed (${err.code ?? err.message}): ${said}`));
+      rej(
+        new EmbeddedPostgresError(
+          `${file.split('/').pop()} failed (${err.code ?? err.message}): ${cause(stderr, stdout)}`,
+        ),
+      );
     }),
   );
+}
+
+/**
+ * What a failed tool said, in one line: its error lines (and their hints), else the end of its stderr, else of its
+ * stdout. initdb reports progress on stdout and its error on stderr, so the end of both together was progress.
+ */
+function cause(stderr: string, stdout: string): string {
+  const lines = (text: string): string[] =>
+    text
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean);
+  const err = lines(stderr);
+  const errors = err.filter((l) => /\b(error|fatal|panic|hint|detail)\b/i.test(l));
+  const said = errors.length ? errors : err.length ? err : lines(stdout);
+  return said.length ? said.slice(-TAIL_LINES).join(' | ') : '(it said nothing)';
 }
 
 /** As root, PostgreSQL runs as the `postgres` user (it refuses to run as root); created if missing. */
