@@ -1,9 +1,11 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm, statfs } from 'node:fs/promises';
 import { request } from 'node:http';
+import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from '../../libs/db/src/embedded-postgres';
 import { sha256 } from '../support/http';
 import { MAIN, startServer, type ServerProcess } from '../support/server-process';
 import { createTestDatabase, type TestDatabase } from '../support/test-database';
@@ -70,6 +72,70 @@ describe('the strata process', () => {
     expect(serve.status).toBe(2);
     expect(serve.stderr).toMatch(/STRATA_STORAGE/);
   });
+
+  it('says in one line that the port is taken, and nothing else', async () => {
+    const taken = createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+    try {
+      const { port } = taken.address() as AddressInfo;
+      const r = spawnSync(MAIN, ['serve'], {
+        env: {
+          PATH: process.env.PATH,
+          DATABASE_URL: database.url,
+          STRATA_DATA_DIR: dataDir,
+          STRATA_JOBS: 'false',
+          HOST: '127.0.0.1',
+          PORT: String(port),
+        },
+        encoding: 'utf8',
+      });
+      expect(r.status).toBe(1);
+      expect(r.stderr.trim().split('\n')).toEqual([
+        `strata: failed to start: 127.0.0.1:${port} is already in use by another program: stop it, or set PORT (or HOST)`,
+      ]);
+      const logged = r.stdout
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(logged.filter((l) => l.level !== 'info')).toEqual([]);
+    } finally {
+      taken.close();
+    }
+  });
+
+  it('`npm start` exits 0 on a Ctrl-C to its process group, once the registry has drained', async () => {
+    const port = await freePort();
+    // What a terminal runs: npm, its shell and the registry in one foreground process group, all sent SIGINT.
+    const npm = spawn('npm', ['start'], {
+      cwd: join(__dirname, '../..'),
+      env: {
+        PATH: process.env.PATH ?? '',
+        HOME: process.env.HOME ?? tmpdir(),
+        DATABASE_URL: database.url,
+        STRATA_DATA_DIR: dataDir,
+        STRATA_JOBS: 'false',
+        HOST: '127.0.0.1',
+        PORT: String(port),
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    let out = '';
+    npm.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
+    npm.stderr.on('data', (d: Buffer) => (out += d.toString('utf8')));
+    const exited = new Promise<number | string>((r) =>
+      npm.once('exit', (code, signal) => r(code ?? signal ?? -1)),
+    );
+    // A build may run first if the sources changed since the last one.
+    const deadline = Date.now() + 180_000;
+    while (!/"msg":"strata listening"/.test(out)) {
+      if (Date.now() > deadline || npm.exitCode !== null) throw new Error(`npm start did not listen: ${out}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    process.kill(-npm.pid!, 'SIGINT');
+    expect(await exited).toBe(0);
+    expect(out).toContain('"msg":"stopped"');
+  }, 240_000);
 
   it('streams a 64 MiB body to storage without its peak memory growing by more than a few MiB over a 32 MiB one', async () => {
     const server = await startServer({ DATABASE_URL: database.url, STRATA_DATA_DIR: dataDir });

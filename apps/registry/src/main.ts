@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import './threadpool';
 import 'reflect-metadata';
+import type { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { createPool, migrate } from '@strata/db';
 import { collectWhenQuiet, FilesystemDriver } from '@strata/storage';
 import { ConfigError, loadConfig, type Config } from './config/config';
@@ -49,7 +50,7 @@ async function serve(config: Config): Promise<void> {
     process.on('SIGHUP', () => logger.info({ signal: 'SIGHUP' }, 'nothing to reload: no TLS configured'));
   else process.on('SIGHUP', () => undefined);
   const runtime = await startRuntime(config, logger);
-  let app: Awaited<ReturnType<typeof createApp>>;
+  let app: NestFastifyApplication;
   try {
     app = await createApp(runtime);
   } catch (e) {
@@ -59,7 +60,7 @@ async function serve(config: Config): Promise<void> {
   // Before listening, so a SIGHUP sent once the port answers reloads rather than kills.
   if (config.tls) reloadOnHangup(app.getHttpAdapter().getInstance().server, config.tls, logger);
   try {
-    await app.listen(config.port, config.host);
+    await listen(app, config.port, config.host);
   } catch (e) {
     await app.close().catch(() => undefined);
     await stopRuntime(runtime).catch(() => undefined);
@@ -116,6 +117,29 @@ async function serve(config: Config): Promise<void> {
   };
   onSignal = shutdown;
   if (requested) shutdown(requested);
+}
+
+/**
+ * Listens through Fastify itself, not Nest's listen(), which logs a failure as an error line of its own before
+ * rejecting: one cause, one line (the start failure's). The usual causes are told as such.
+ */
+async function listen(app: NestFastifyApplication, port: number, host: string): Promise<void> {
+  await app.init();
+  try {
+    await app.getHttpAdapter().getInstance().listen({ port, host });
+  } catch (e) {
+    const where = `${host}:${port}`;
+    switch ((e as NodeJS.ErrnoException).code) {
+      case 'EADDRINUSE':
+        throw new Error(`${where} is already in use by another program: stop it, or set PORT (or HOST)`);
+      case 'EACCES':
+        throw new Error(`not allowed to listen on ${where} (ports below 1024 need privileges): set PORT`);
+      case 'EADDRNOTAVAIL':
+        throw new Error(`cannot listen on ${where}: ${host} is not an address of this machine (set HOST)`);
+      default:
+        throw e;
+    }
+  }
 }
 
 async function runMigrate(config: Config): Promise<void> {
