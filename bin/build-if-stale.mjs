@@ -2,15 +2,41 @@
 // The build (`npm run build`, which passes --always) and `npm start`'s build step, which compiles only when what
 // the build reads changed since the last build, so a restart takes a second rather than a full TypeScript
 // compile. What it reads is hashed (contents, not mtimes, so a checkout that touches files without changing them
-// does not rebuild); every build records the hash of the sources it compiled beside its output in dist/.
+// does not rebuild); every build records the hash of the sources it compiled beside its output.
+//
+// A build never writes into the build in use: it compiles into a directory of its own under .dist/, then points
+// the `dist` symlink at it with one rename, so a registry starting meanwhile (npm start, bin/strata) loads either
+// the old build or the new one, whole. A build that fails leaves `dist` as it was.
+//
+//   dist -> .dist/<id>            the build in use (a symlink; a real directory from before is moved aside once)
+//   .dist/<id>/                   one build: apps/, libs/, .build-sources.sha256
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import {
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { basename, join, relative } from 'node:path';
 
 const root = join(import.meta.dirname, '..');
-const stamp = join(root, 'dist', '.build-sources.sha256');
-const output = join(root, 'dist', 'apps', 'registry', 'src', 'main.js');
+const dist = join(root, 'dist');
+const builds = join(root, '.dist');
+const STAMP = '.build-sources.sha256';
+const MAIN = join('apps', 'registry', 'src', 'main.js');
+/**
+ * Builds kept besides the one in use: the one it replaced (a registry may be starting from it this moment) and
+ * any younger than this (another build still compiling, or about to switch to its own).
+ */
+const KEEP_MS = 60 * 60 * 1000;
 
 function* files(dir) {
   for (const entry of readdirSync(dir, { withFileTypes: true })) {
@@ -33,23 +59,63 @@ function sourcesHash() {
   return hash.digest('hex');
 }
 
-/** Compiles directly (never through npm, whose `build` script is this file). */
-function build(hash) {
-  rmSync(stamp, { force: true });
-  const project = join(root, 'apps', 'registry', 'tsconfig.app.json');
-  for (const tool of ['tsc', 'tsc-alias']) {
-    execFileSync(join(root, 'node_modules', '.bin', tool), ['-p', project], { cwd: root, stdio: 'inherit' });
+/** The build `dist` points at, if it is a symlink into .dist/. */
+function current() {
+  try {
+    return basename(readlinkSync(dist));
+  } catch {
+    return null;
   }
-  writeFileSync(stamp, `${hash}\n`);
 }
 
-const current = sourcesHash();
-if (process.argv.includes('--always')) build(current);
+/** Compiles directly (never through npm, whose `build` script is this file) into a new build, then switches. */
+function build(hash) {
+  mkdirSync(builds, { recursive: true });
+  const id = `${new Date().toISOString().replace(/[:.]/g, '-')}-${process.pid}`;
+  const out = join(builds, id);
+  const project = join(root, 'apps', 'registry', 'tsconfig.app.json');
+  try {
+    execFileSync(join(root, 'node_modules', '.bin', 'tsc'), ['-p', project, '--outDir', out], {
+      cwd: root,
+      stdio: 'inherit',
+    });
+    // An absolute --outDir: tsc-alias reads a relative one from the working directory, not the project's.
+    execFileSync(join(root, 'node_modules', '.bin', 'tsc-alias'), ['-p', project, '--outDir', out], {
+      cwd: root,
+      stdio: 'inherit',
+    });
+    writeFileSync(join(out, STAMP), `${hash}\n`);
+  } catch (e) {
+    rmSync(out, { recursive: true, force: true });
+    throw e;
+  }
+  const replaced = current();
+  const link = join(root, `.dist-${id}`);
+  symlinkSync(relative(root, out), link);
+  // A real directory (a build from before builds were switched) cannot be renamed over: moved aside first.
+  if (existsSync(dist) && !lstatSync(dist).isSymbolicLink()) renameSync(dist, join(builds, `old-${id}`));
+  renameSync(link, dist);
+  prune(id, replaced);
+}
+
+function prune(...keep) {
+  const now = Date.now();
+  for (const name of readdirSync(builds)) {
+    if (keep.includes(name)) continue;
+    const path = join(builds, name);
+    if (now - statSync(path).mtimeMs < KEEP_MS) continue;
+    rmSync(path, { recursive: true, force: true });
+  }
+}
+
+const hash = sourcesHash();
+if (process.argv.includes('--always')) build(hash);
 else {
-  const built = existsSync(stamp) && existsSync(output) ? readFileSync(stamp, 'utf8').trim() : null;
-  if (built === current) process.stderr.write('strata: dist/ is built from these sources, not rebuilding\n');
+  const stamp = join(dist, STAMP);
+  const built = existsSync(stamp) && existsSync(join(dist, MAIN)) ? readFileSync(stamp, 'utf8').trim() : null;
+  if (built === hash) process.stderr.write('strata: dist/ is built from these sources, not rebuilding\n');
   else {
     process.stderr.write(`strata: ${built === null ? 'no build yet' : 'sources changed'}, building\n`);
-    build(current);
+    build(hash);
   }
 }
