@@ -30,7 +30,11 @@ describe.each(['filesystem', 'postgres'] as const)(
         expect(patch.status).toBe(202);
       }
 
-      // The next COMMIT on any connection runs, then fails as a connection lost at that moment would.
+      // The next statement that commits the blob runs, then fails as a connection lost at that moment would: on the
+      // filesystem driver the publication is one statement in its own transaction; on the large-object driver it
+      // commits with the composition, in a COMMIT.
+      const commits = (text: string): boolean =>
+        text === 'commit' || (storage === 'filesystem' && text.includes('strata_publish_blobs('));
       let armed = true;
       const query = pg.Client.prototype.query;
       jest.spyOn(pg.Client.prototype, 'query').mockImplementation(function (
@@ -38,11 +42,17 @@ describe.each(['filesystem', 'postgres'] as const)(
         ...args: unknown[]
       ) {
         const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text?: string } | undefined)?.text;
-        const run = (query as (...a: unknown[]) => unknown).apply(this, args);
-        if (!armed || text?.trim().toLowerCase() !== 'commit') return run;
+        const original = query as (...a: unknown[]) => unknown;
+        if (!armed || !commits(text?.trim().toLowerCase() ?? '')) return original.apply(this, args);
         armed = false;
-        return (run as Promise<unknown>).then(() => {
-          throw new Error('Connection terminated unexpectedly');
+        const lost = new Error('Connection terminated unexpectedly');
+        const callback = args[args.length - 1];
+        if (typeof callback === 'function') {
+          // pg.Pool#query's form: the statement runs to its end, and its caller is told the connection was lost.
+          return original.apply(this, [...args.slice(0, -1), () => (callback as (e: Error) => void)(lost)]);
+        }
+        return (original.apply(this, args) as Promise<unknown>).then(() => {
+          throw lost;
         });
       } as never);
 

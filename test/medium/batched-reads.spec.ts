@@ -5,23 +5,24 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import type pg from 'pg';
 import pino from 'pino';
-import { PreparedStatements } from '@strata/db';
+import { PreparedStatements, type Statement, type Tx } from '@strata/db';
 import type { RequestMeta } from '@strata/events';
 import { MEDIA_TYPE, RegistryError } from '@strata/oci';
-import { BlobService, ManifestService, RepositoryStore, UploadService } from '@strata/registry';
+import { type BlobService, createRegistry, type ManifestService, type UploadService } from '@strata/registry';
 import { FilesystemDriver } from '@strata/storage';
 import { createTestDatabase, type TestDatabase } from '../support/test-database';
 
 /** The real statements, counted: how many round trips the batched reads took. */
 class CountedStatements extends PreparedStatements {
   reads = 0;
-  override async all<T extends pg.QueryResultRow>(
-    name: string,
-    text: string,
+  override async rows<T extends pg.QueryResultRow>(
+    statement: Statement,
     values: unknown[],
+    tx?: Tx,
   ): Promise<T[]> {
-    this.reads++;
-    return super.all<T>(name, text, values);
+    // The batched point reads, by name.
+    if (statement.name.endsWith('_many')) this.reads++;
+    return super.rows<T>(statement, values, tx);
   }
 }
 
@@ -50,13 +51,14 @@ describe('batched reads of blobs and manifests', () => {
     dataDir = await mkdtemp(join(tmpdir(), 'strata-reads-'));
     const storage = new FilesystemDriver(dataDir);
     await storage.init();
-    const repositories = new RepositoryStore(t.db);
     counted = new CountedStatements(t.pool);
-    uploads = new UploadService(t.db, storage, repositories, pino({ level: 'silent' }), counted, {
-      inlineMax: 1024,
-    });
-    blobs = new BlobService(t.db, storage, repositories, counted);
-    manifests = new ManifestService(t.db, repositories, counted);
+    ({ uploads, blobs, manifests } = createRegistry({
+      db: t.db,
+      statements: counted,
+      storage,
+      logger: pino({ level: 'silent' }),
+      uploads: { inlineMax: 1024 },
+    }));
   });
   afterAll(async () => {
     await uploads.close();
@@ -100,13 +102,7 @@ describe('batched reads of blobs and manifests', () => {
           layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', ...layer }],
         }),
       );
-      const { digest } = await manifests.put(
-        'reads/app',
-        tag,
-        MEDIA_TYPE.OCI_MANIFEST,
-        Readable.from([body]),
-        meta,
-      );
+      const { digest } = await manifests.put('reads/app', tag, MEDIA_TYPE.OCI_MANIFEST, body, meta);
       pushed.push({ tag, digest, body });
     }
     counted.reads = 0;

@@ -7,7 +7,7 @@ import pino from 'pino';
 import { PreparedStatements } from '@strata/db';
 import type { RequestMeta } from '@strata/events';
 import { MEDIA_TYPE } from '@strata/oci';
-import { ManifestService, RepositoryStore, UploadService } from '@strata/registry';
+import { createRegistry, type ManifestService, type UploadService } from '@strata/registry';
 import { FilesystemDriver } from '@strata/storage';
 import { createTestDatabase, type TestDatabase } from '../support/test-database';
 
@@ -64,15 +64,12 @@ describe('the worked queries of docs/queries.md', () => {
     dataDir = await mkdtemp(join(tmpdir(), 'strata-queries-'));
     const storage = new FilesystemDriver(dataDir);
     await storage.init();
-    const repositories = new RepositoryStore(t.db);
-    uploads = new UploadService(
-      t.db,
+    ({ uploads, manifests } = createRegistry({
+      db: t.db,
+      statements: new PreparedStatements(t.pool),
       storage,
-      repositories,
-      pino({ level: 'silent' }),
-      new PreparedStatements(t.pool),
-    );
-    manifests = new ManifestService(t.db, repositories, new PreparedStatements(t.pool));
+      logger: pino({ level: 'silent' }),
+    }));
   });
   afterAll(async () => {
     await uploads.close();
@@ -109,7 +106,7 @@ describe('the worked queries of docs/queries.md', () => {
     const body = Buffer.from(
       JSON.stringify({ schemaVersion: 2, mediaType: MEDIA_TYPE.OCI_MANIFEST, config, layers }),
     );
-    const { digest } = await manifests.put(repository, tag, MEDIA_TYPE.OCI_MANIFEST, once(body), who);
+    const { digest } = await manifests.put(repository, tag, MEDIA_TYPE.OCI_MANIFEST, body, who);
     return digest;
   }
 

@@ -3,13 +3,15 @@ import { ModuleRef } from '@nestjs/core';
 import {
   BlobService,
   CatalogService,
+  createRegistry,
   ManifestService,
+  type Registry,
   RepositoryStore,
   UploadService,
 } from '@strata/registry';
 import { PreparedStatements } from '@strata/db';
 import type { Runtime } from './runtime';
-import { CONFIG, DB, LOGGER, POOL, RUNTIME, STORAGE } from './tokens';
+import { CONFIG, DB, LOGGER, POOL, REGISTRY, RUNTIME, STORAGE } from './tokens';
 
 /** Hands the runtime (pool, storage, logger) to Nest and builds the framework-free domain services on it. */
 @Global()
@@ -19,11 +21,17 @@ export class RegistryModule implements OnApplicationShutdown {
 
   /** After the HTTP server has drained: requests in flight still hash on the upload service's worker. */
   async onApplicationShutdown(): Promise<void> {
-    await this.moduleRef.get(UploadService).close();
+    await this.moduleRef.get<Registry>(REGISTRY).close();
   }
 
   static register(runtime: Runtime): DynamicModule {
-    const prepared = new PreparedStatements(runtime.pool);
+    const registry = createRegistry({
+      db: runtime.db,
+      statements: new PreparedStatements(runtime.pool),
+      storage: runtime.storage,
+      logger: runtime.logger,
+      uploads: { inlineMax: runtime.config.inlineBlobMax, deferChunkSync: runtime.config.deferChunkSync },
+    });
     return {
       module: RegistryModule,
       providers: [
@@ -33,32 +41,12 @@ export class RegistryModule implements OnApplicationShutdown {
         { provide: POOL, useValue: runtime.pool },
         { provide: STORAGE, useValue: runtime.storage },
         { provide: LOGGER, useValue: runtime.logger },
-        { provide: RepositoryStore, useFactory: () => new RepositoryStore(runtime.db) },
-        {
-          provide: UploadService,
-          inject: [RepositoryStore],
-          useFactory: (repos: RepositoryStore) =>
-            new UploadService(runtime.db, runtime.storage, repos, runtime.logger, prepared, {
-              inlineMax: runtime.config.inlineBlobMax,
-              deferChunkSync: runtime.config.deferChunkSync,
-            }),
-        },
-        {
-          provide: BlobService,
-          inject: [RepositoryStore],
-          useFactory: (repos: RepositoryStore) =>
-            new BlobService(runtime.db, runtime.storage, repos, prepared),
-        },
-        {
-          provide: ManifestService,
-          inject: [RepositoryStore],
-          useFactory: (repos: RepositoryStore) => new ManifestService(runtime.db, repos, prepared),
-        },
-        {
-          provide: CatalogService,
-          inject: [RepositoryStore],
-          useFactory: (repos: RepositoryStore) => new CatalogService(runtime.db, repos),
-        },
+        { provide: REGISTRY, useValue: registry },
+        { provide: RepositoryStore, useValue: registry.repositories },
+        { provide: UploadService, useValue: registry.uploads },
+        { provide: BlobService, useValue: registry.blobs },
+        { provide: ManifestService, useValue: registry.manifests },
+        { provide: CatalogService, useValue: registry.catalog },
       ],
       exports: [
         RUNTIME,
@@ -67,6 +55,7 @@ export class RegistryModule implements OnApplicationShutdown {
         POOL,
         STORAGE,
         LOGGER,
+        REGISTRY,
         RepositoryStore,
         UploadService,
         BlobService,

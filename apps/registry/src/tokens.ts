@@ -4,3 +4,4 @@ export const DB = Symbol('DB');
 export const POOL = Symbol('POOL');
 export const STORAGE = Symbol('STORAGE');
 export const LOGGER = Symbol('LOGGER');
+export const REGISTRY = Symbol('REGISTRY');

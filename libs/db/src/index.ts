@@ -5,3 +5,4 @@ export * from './schema';
 export * from './prepared';
 export * from './batcher';
 export * from './lookup';
+export * from './sqlstate';

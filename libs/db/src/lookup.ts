@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { Batcher, type BatcherOptions } from './batcher';
-import type { PreparedStatements } from './prepared';
+import type { PreparedStatements, Statement } from './prepared';
 
 /**
  * Point reads by key, batched: the keys of requests that arrive while a read is under way go together in the
@@ -10,7 +10,7 @@ import type { PreparedStatements } from './prepared';
  *
  * Every read starts after the requests in it arrived, so it sees whatever had committed when they did.
  *
- * `text` is prepared under `name`. It is given the arrays `params(keys)` returns and must answer, for each key
+ * `statement` is given the arrays `params(keys)` returns and must answer, for each key
  * that has a row, that row with `i`: the key's 1-based position (`WITH ORDINALITY`, cast to int).
  */
 export class Lookup<K, R extends pg.QueryResultRow> {
@@ -18,13 +18,12 @@ export class Lookup<K, R extends pg.QueryResultRow> {
 
   constructor(
     prepared: PreparedStatements,
-    name: string,
-    text: string,
+    statement: Statement,
     params: (keys: readonly K[]) => unknown[],
     options: BatcherOptions = { maxBatch: 256, maxInFlight: 2 },
   ) {
     this.batcher = new Batcher(async (keys) => {
-      const rows = await prepared.all<R & { i: number }>(name, text, params(keys));
+      const rows = await prepared.rows<R & { i: number }>(statement, params(keys));
       const found = new Map<number, R>();
       for (const { i, ...row } of rows) found.set(i, row as unknown as R);
       return keys.map((_, j) => found.get(j + 1));

@@ -1,31 +1,41 @@
-import type { CompiledQuery } from 'kysely';
+import { CompiledQuery } from 'kysely';
 import type pg from 'pg';
+import type { Tx } from './database';
+
+/** A statement of fixed text, prepared under a fixed name on each connection that runs it. */
+export interface Statement {
+  readonly name: string;
+  readonly text: string;
+}
 
 /**
- * Named prepared statements for the hottest requests (HEAD and GET of blobs and manifests, the statements of a
- * small push): each connection parses and plans them once instead of on every request. A name must always
- * stand for the same SQL text; each runs on its own, so a write here is one statement and its own transaction.
+ * Named prepared statements: each connection parses and plans a statement once instead of on every request. A
+ * name always stands for the same text (statements are constants, never built at run time); each runs on its
+ * own, so a write here is one statement and its own transaction, unless it is given the caller's transaction.
  */
 export class PreparedStatements {
   constructor(private readonly pool: pg.Pool) {}
 
-  async first<T extends pg.QueryResultRow>(
-    name: string,
-    text: string,
+  /** The rows of `statement`: on a pooled connection, or inside `tx` (planned there, not prepared). */
+  async rows<T extends pg.QueryResultRow>(statement: Statement, values: unknown[], tx?: Tx): Promise<T[]> {
+    if (tx) return (await tx.executeQuery<T>(CompiledQuery.raw(statement.text, values))).rows;
+    const result = await this.pool.query<T>({ name: statement.name, text: statement.text, values });
+    return result.rows;
+  }
+
+  /** The first row of `statement`, if any. */
+  async row<T extends pg.QueryResultRow>(
+    statement: Statement,
     values: unknown[],
+    tx?: Tx,
   ): Promise<T | undefined> {
-    const result = await this.pool.query<T>({ name, text, values });
-    return result.rows[0];
+    return (await this.rows<T>(statement, values, tx))[0];
   }
 
-  async all<T extends pg.QueryResultRow>(name: string, text: string, values: unknown[]): Promise<T[]> {
-    const result = await this.pool.query<T>({ name, text, values });
-    return result.rows;
-  }
-
-  /** Runs a query kysely compiled (`sql\`…\`.compile(db)`) under `name`; its rows. */
-  async run<T extends pg.QueryResultRow>(name: string, query: CompiledQuery<T>): Promise<T[]> {
-    const result = await this.pool.query<T>({ name, text: query.sql, values: [...query.parameters] });
-    return result.rows;
+  /** The one row `statement` always returns (a function call's). */
+  async one<T extends pg.QueryResultRow>(statement: Statement, values: unknown[], tx?: Tx): Promise<T> {
+    const row = await this.row<T>(statement, values, tx);
+    if (!row) throw new Error(`statement ${statement.name} returned no row`);
+    return row;
   }
 }

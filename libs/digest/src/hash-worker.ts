@@ -1,69 +1,23 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { type Algorithm, SHA256_STATE_BYTES } from './hashers';
 
 /**
- * The worker's whole program, kept as a string so the same code runs from the TypeScript sources (tests) and
- * from `dist/`. Native hashes (`n*` operations) are node's own, one per id, forked with `copy()`; resumable
- * SHA-256 jobs are hash-wasm, loaded on first use, whose `save` answers with the state.
+ * How to start the worker's program, hash-worker.program.ts: its compiled sibling when running from `dist/`; from
+ * the TypeScript sources (the tests), that file transpiled by TypeScript itself and run as an eval'd worker.
  */
-const WORKER_SOURCE = `
-const { parentPort, workerData } = require('node:worker_threads');
-const { createHash } = require('node:crypto');
-const natives = new Map();
-const jobs = new Map();
-let wasm = null;
-let ready = Promise.resolve();
-function native(m) {
-  try {
-    if (m.op === 'nopen') {
-      const from = m.from === undefined ? null : natives.get(m.from);
-      if (m.from !== undefined && !from) throw new Error('no hash ' + m.from + ' to fork');
-      natives.set(m.id, from ? from.copy() : createHash(m.algorithm));
-    } else if (m.op === 'nupdate') {
-      const h = natives.get(m.id);
-      if (h) h.update(new Uint8Array(m.data, 0, m.length));
-      // The buffer goes back to be filled again: left here, it would wait for this isolate's next collection.
-      parentPort.postMessage({ id: m.id, ack: m.length, data: m.data }, [m.data]);
-    } else if (m.op === 'ndigest') {
-      const h = natives.get(m.id);
-      if (!h) throw new Error('no hash ' + m.id);
-      parentPort.postMessage({ id: m.id, hex: h.copy().digest('hex') });
-    } else if (m.op === 'ndrop') {
-      natives.delete(m.id);
-    }
-  } catch (e) {
-    natives.delete(m.id);
-    parentPort.postMessage({ id: m.id, error: String(e && e.message || e) });
-  }
-}
-parentPort.on('message', (m) => {
-  if (m.op[0] === 'n') return native(m);
-  ready = ready.then(async () => {
-    try {
-      if (m.op === 'open') {
-        wasm ??= require(workerData.hashWasm);
-        const h = await wasm.createSHA256();
-        h.init();
-        if (m.state) h.load(new Uint8Array(m.state));
-        jobs.set(m.id, h);
-      } else if (m.op === 'update') {
-        jobs.get(m.id).update(new Uint8Array(m.data));
-        parentPort.postMessage({ id: m.id, ack: 0, data: m.data }, [m.data]);
-      } else if (m.op === 'save') {
-        const h = jobs.get(m.id);
-        jobs.delete(m.id);
-        const state = h.save();
-        parentPort.postMessage({ id: m.id, state: state.buffer.slice(state.byteOffset, state.byteOffset + state.byteLength) });
-      } else if (m.op === 'drop') {
-        jobs.delete(m.id);
-      }
-    } catch (e) {
-      jobs.delete(m.id);
-      parentPort.postMessage({ id: m.id, error: String(e && e.message || e) });
-    }
+function workerProgram(): { source: string; eval: boolean } {
+  const compiled = join(__dirname, 'hash-worker.program.js');
+  if (existsSync(compiled)) return { source: compiled, eval: false };
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- a development dependency, needed only here
+  const ts = require('typescript') as typeof import('typescript');
+  const text = readFileSync(join(__dirname, 'hash-worker.program.ts'), 'utf8');
+  const { outputText } = ts.transpileModule(text, {
+    compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 },
   });
-});
-`;
+  return { source: outputText, eval: true };
+}
 
 /** How much may be queued to the worker before the sender waits for it to catch up. */
 const MAX_IN_FLIGHT = 4 * 1024 * 1024;
@@ -214,8 +168,9 @@ export class HashWorker {
 
   private get w(): Worker {
     if (!this.worker) {
-      const worker = new Worker(WORKER_SOURCE, {
-        eval: true,
+      const program = workerProgram();
+      const worker = new Worker(program.source, {
+        eval: program.eval,
         workerData: { hashWasm: require.resolve('hash-wasm') },
       });
       worker.unref();

@@ -1,2 +1,3 @@
 export * from './event-types';
 export * from './event.store';
+export * from './meta';

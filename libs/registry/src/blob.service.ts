@@ -1,9 +1,9 @@
 import { Readable } from 'node:stream';
-import { type Db, Lookup, type PreparedStatements } from '@strata/db';
-import { EventStore, type RequestMeta } from '@strata/events';
+import type { RequestMeta } from '@strata/events';
 import { assertName, parseDigest, RegistryError } from '@strata/oci';
 import type { BlobStorage, ByteRange, ObjectReader } from '@strata/storage';
-import type { RepositoryStore } from './repository.store';
+import type { BlobStore } from './stores/blob.store';
+import type { RepositoryStore } from './stores/repository.store';
 
 export interface BlobInfo {
   readonly digest: string;
@@ -12,40 +12,20 @@ export interface BlobInfo {
   readonly storageKey: string | null;
 }
 
-interface LinkKey {
-  readonly repositoryId: number;
-  readonly digest: string;
-}
-
 /** Reads and links of blobs that are already stored. Reads touch projections only. */
 export class BlobService {
-  private readonly events = new EventStore();
-  /** (repository id, digest) → the linked blob's size and storage key: HEAD and GET of blobs, batched. */
-  private readonly linked: Lookup<LinkKey, { size: number; storage_key: string | null }>;
-
   constructor(
-    private readonly db: Db,
+    private readonly blobs: BlobStore,
     private readonly storage: BlobStorage,
     private readonly repositories: RepositoryStore,
-    private readonly reads: PreparedStatements,
-  ) {
-    this.linked = new Lookup(
-      reads,
-      'blob_stat_many',
-      `SELECT k.i::int AS i, b.size, b.storage_key
-       FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS k(repository_id, digest, i)
-       JOIN repository_blobs rb ON rb.repository_id = k.repository_id AND rb.digest = k.digest
-       JOIN blobs b ON b.digest = rb.digest`,
-      (keys) => [keys.map((k) => k.repositoryId), keys.map((k) => k.digest)],
-    );
-  }
+  ) {}
 
   /** The blob as linked in `repository`; BLOB_UNKNOWN when it is not, even if another repository has it. */
   async stat(repository: string, digest: string): Promise<BlobInfo> {
     parseDigest(digest);
     const repositoryId = await this.repositories.find(repository);
     if (repositoryId === null) throw new RegistryError('BLOB_UNKNOWN', { digest });
-    const row = await this.linked.find({ repositoryId, digest });
+    const row = await this.blobs.linked(repositoryId, digest);
     if (!row) throw new RegistryError('BLOB_UNKNOWN', { digest });
     return { digest, size: row.size, storageKey: row.storage_key };
   }
@@ -68,13 +48,9 @@ export class BlobService {
 
   async open(blob: BlobInfo, range?: ByteRange): Promise<Readable> {
     if (blob.storageKey !== null) return this.storage.read(blob.storageKey, range);
-    const row = await this.reads.first<{ content: Buffer | null }>(
-      'blob_content',
-      'SELECT content FROM blobs WHERE digest = $1',
-      [blob.digest],
-    );
-    if (!row?.content) throw new Error(`failed to read blob ${blob.digest}: its row holds no content`);
-    const bytes = range ? row.content.subarray(range.start, range.end + 1) : row.content;
+    const content = await this.blobs.content(blob.digest);
+    if (!content) throw new Error(`failed to read blob ${blob.digest}: its row holds no content`);
+    const bytes = range ? content.subarray(range.start, range.end + 1) : content;
     return Readable.from([bytes], { objectMode: false });
   }
 
@@ -87,52 +63,9 @@ export class BlobService {
     parseDigest(digest);
     const repositoryId = await this.repositories.find(repository);
     if (repositoryId === null) throw new RegistryError('BLOB_UNKNOWN', { digest });
-    const referencedBy = await this.db.transaction().execute(async (tx) => {
-      // The link is locked first: a manifest push holds it FOR SHARE from its check to its commit, so once this
-      // lock is had, the push that referred to the blob has committed its references, and the statement below
-      // (a new snapshot) sees them. A push that comes later finds the link gone and answers MANIFEST_BLOB_UNKNOWN.
-      const link = await tx
-        .selectFrom('repository_blobs')
-        .select('digest')
-        .where('repository_id', '=', repositoryId)
-        .where('digest', '=', digest)
-        .forUpdate()
-        .executeTakeFirst();
-      if (!link) throw new RegistryError('BLOB_UNKNOWN', { digest });
-      const user = await tx
-        .selectFrom('manifest_references')
-        .select('parent_digest')
-        .where('repository_id', '=', repositoryId)
-        .where('child_digest', '=', digest)
-        .where('kind', '<>', 'manifest')
-        .limit(1)
-        .executeTakeFirst();
-      if (user) {
-        // The refusal is part of the history too: who tried to remove what, and which manifest kept it.
-        await this.events.append(tx, {
-          type: 'blob.unlink_refused',
-          repository,
-          subject: digest,
-          payload: { digest, manifest: user.parent_digest },
-          meta,
-        });
-        return user.parent_digest;
-      }
-      await tx
-        .deleteFrom('repository_blobs')
-        .where('repository_id', '=', repositoryId)
-        .where('digest', '=', digest)
-        .execute();
-      await this.events.append(tx, {
-        type: 'blob.unlinked',
-        repository,
-        subject: digest,
-        payload: { digest },
-        meta,
-      });
-      return null;
-    });
-    if (referencedBy !== null) throw new RegistryError('BLOB_REFERENCED', { digest, manifest: referencedBy });
+    const outcome = await this.blobs.unlink(repositoryId, repository, digest, meta);
+    if (outcome === 'unknown') throw new RegistryError('BLOB_UNKNOWN', { digest });
+    if (outcome !== 'unlinked') throw new RegistryError('BLOB_REFERENCED', { digest, manifest: outcome });
   }
 
   /**
@@ -142,40 +75,14 @@ export class BlobService {
   async mount(repository: string, digest: string, from: string, meta: RequestMeta): Promise<boolean> {
     parseDigest(digest);
     assertName(from);
-    let source: BlobInfo;
     try {
-      source = await this.stat(from, digest);
+      // Cheap and batched: most mounts name a source that has the blob, and the function checks again under lock.
+      await this.stat(from, digest);
     } catch (e) {
       if (e instanceof RegistryError && e.code === 'BLOB_UNKNOWN') return false;
       throw e;
     }
     const repositoryId = await this.repositories.ensure(repository);
-    return this.db.transaction().execute(async (tx) => {
-      // The source link is re-checked under a share lock, so a concurrent unlink cannot slip between.
-      const still = await tx
-        .selectFrom('repository_blobs as rb')
-        .innerJoin('repositories as r', 'r.id', 'rb.repository_id')
-        .select('rb.digest')
-        .where('r.name', '=', from)
-        .where('rb.digest', '=', digest)
-        .forShare()
-        .executeTakeFirst();
-      if (!still) return false;
-      const ins = await tx
-        .insertInto('repository_blobs')
-        .values({ repository_id: repositoryId, digest })
-        .onConflict((oc) => oc.columns(['repository_id', 'digest']).doNothing())
-        .executeTakeFirst();
-      if (ins.numInsertedOrUpdatedRows === 1n || from !== repository) {
-        await this.events.append(tx, {
-          type: 'blob.mounted',
-          repository,
-          subject: digest,
-          payload: { digest, from, size: source.size },
-          meta,
-        });
-      }
-      return true;
-    });
+    return this.blobs.mount(repositoryId, repository, digest, from, meta);
   }
 }

@@ -1,7 +1,7 @@
-import { sql } from 'kysely';
-import type { Db } from '@strata/db';
 import { assertName, MEDIA_TYPE, parseDigest, RegistryError } from '@strata/oci';
-import type { RepositoryStore } from './repository.store';
+import type { ManifestStore } from './stores/manifest.store';
+import type { RepositoryStore } from './stores/repository.store';
+import type { TagStore } from './stores/tag.store';
 
 /** The most entries one page holds, whatever `n` asks for; the Link header leads to the rest. */
 export const MAX_PAGE_SIZE = 1000;
@@ -58,55 +58,22 @@ export interface ReferrersIndex {
  */
 export class CatalogService {
   constructor(
-    private readonly db: Db,
     private readonly repositories: RepositoryStore,
+    private readonly tagStore: TagStore,
+    private readonly manifests: ManifestStore,
   ) {}
 
   async tags(repository: string, page: PageRequest): Promise<Page> {
     const repositoryId = await this.repositories.find(repository);
     if (repositoryId === null) throw new RegistryError('NAME_UNKNOWN', { name: repository });
     if (page.limit === 0) return { items: [], limit: 0, next: null };
-    const rows = await this.db
-      .selectFrom('tags')
-      .select('name')
-      .where('repository_id', '=', repositoryId)
-      .$if(page.last !== null, (q) => q.where(sql<string>`name COLLATE "C"`, '>', page.last!))
-      .orderBy(sql`name COLLATE "C"`)
-      .limit(page.limit + 1)
-      .execute();
-    return toPage(
-      rows.map((r) => r.name),
-      page.limit,
-    );
+    return toPage(await this.tagStore.list(repositoryId, page.last, page.limit + 1), page.limit);
   }
 
   /** Repositories holding at least one manifest or linked blob. */
   async repositoryNames(page: PageRequest): Promise<Page> {
     if (page.limit === 0) return { items: [], limit: 0, next: null };
-    const rows = await this.db
-      .selectFrom('repositories as r')
-      .select('r.name')
-      .where((eb) =>
-        eb.or([
-          eb.exists(
-            eb.selectFrom('manifests as m').select('m.digest').whereRef('m.repository_id', '=', 'r.id'),
-          ),
-          eb.exists(
-            eb
-              .selectFrom('repository_blobs as rb')
-              .select('rb.digest')
-              .whereRef('rb.repository_id', '=', 'r.id'),
-          ),
-        ]),
-      )
-      .$if(page.last !== null, (q) => q.where(sql<string>`r.name COLLATE "C"`, '>', page.last!))
-      .orderBy(sql`r.name COLLATE "C"`)
-      .limit(page.limit + 1)
-      .execute();
-    return toPage(
-      rows.map((r) => r.name),
-      page.limit,
-    );
+    return toPage(await this.repositories.list(page.last, page.limit + 1), page.limit);
   }
 
   /**
@@ -125,16 +92,7 @@ export class CatalogService {
     const matchable = artifactTypes.filter((t) => !t.includes('\0'));
     if (matchable.length === 0 && artifactTypes.length > 0)
       return { schemaVersion: 2, mediaType: MEDIA_TYPE.OCI_INDEX, manifests: [] };
-    const rows = await this.db
-      .selectFrom('manifests as m')
-      .innerJoin('repositories as r', 'r.id', 'm.repository_id')
-      .select(['m.media_type', 'm.digest', 'm.size', 'm.artifact_type', 'm.annotations'])
-      .where('r.name', '=', repository)
-      .where('m.subject_digest', '=', digest)
-      .$if(matchable.length > 0, (q) => q.where('m.artifact_type', 'in', matchable))
-      .orderBy('m.created_at')
-      .orderBy('m.digest')
-      .execute();
+    const rows = await this.manifests.referrers(repository, digest, matchable.length > 0 ? matchable : null);
     return {
       schemaVersion: 2,
       mediaType: MEDIA_TYPE.OCI_INDEX,

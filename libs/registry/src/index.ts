@@ -1,5 +1,7 @@
 export * from './blob.service';
 export * from './catalog.service';
-export * from './manifest.service';
-export * from './repository.store';
-export * from './upload.service';
+export * from './manifests/manifest.service';
+export * from './registry';
+export * from './stores/repository.store';
+export { type CommittedBlob, rangeError, uploadRange } from './uploads/blob-commits';
+export * from './uploads/upload.service';

@@ -10,6 +10,26 @@ export function requestBody(req: FastifyRequest): AsyncIterable<Buffer> | null {
   return req.raw;
 }
 
+/**
+ * Reads at most `limit` bytes of the body, whole. The first byte past it stops the read with MANIFEST_TOO_LARGE,
+ * and the iterator is left unreturned on purpose: returning it would destroy the request and its socket before
+ * the 413 is written (the error filter then discards the rest of the body, see `discardBody`).
+ */
+export async function readLimited(body: AsyncIterable<Buffer> | null, limit: number): Promise<Buffer> {
+  if (body === null) return Buffer.alloc(0);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  const it = body[Symbol.asyncIterator]();
+  for (;;) {
+    const next = await it.next();
+    if (next.done) break;
+    size += next.value.length;
+    if (size > limit) throw new RegistryError('MANIFEST_TOO_LARGE', { limit });
+    chunks.push(next.value);
+  }
+  return Buffer.concat(chunks, size);
+}
+
 /** How much of a refused body is read and thrown away so that its client, still writing it, gets the answer. */
 export const DISCARD_MAX_BYTES = 8 * 1024 * 1024;
 

@@ -2,7 +2,7 @@ import { Controller, Delete, Get, Head, Param, Put, Req, Res } from '@nestjs/com
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { MAX_MANIFEST_BYTES, RegistryError } from '@strata/oci';
 import { type ManifestInfo, ManifestService } from '@strata/registry';
-import { requestBody } from '../http/body';
+import { readLimited, requestBody } from '../http/body';
 import { requestMeta } from '../http/request-context';
 
 const manifestHeaders = (m: ManifestInfo): Record<string, string> => ({
@@ -31,7 +31,7 @@ export class ManifestsController {
       name,
       reference,
       req.headers['content-type'],
-      requestBody(req),
+      await readLimited(requestBody(req), MAX_MANIFEST_BYTES),
       requestMeta(req),
     );
     await reply
