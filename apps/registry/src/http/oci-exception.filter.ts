@@ -65,10 +65,30 @@ export function databaseUnavailable(error: unknown): boolean {
   return typeof message === 'string' && LOST_CONNECTION.test(message);
 }
 
+/**
+ * The file system holding blob bytes is full (ENOSPC) or the quota of its user is (EDQUOT). The storage drivers
+ * remove what they had written of the object, so nothing is left half-written.
+ */
+export function storageFull(error: unknown): boolean {
+  const { code } = (error ?? {}) as { code?: unknown };
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
+/**
+ * How long a client is asked to wait after a full disk: space comes back when an operator frees it or a job
+ * expires old uploads, not within the second a database restart takes.
+ */
+const STORAGE_FULL_RETRY_AFTER = '30';
+
 export function toRegistryError(error: unknown): RegistryError {
   if (error instanceof RegistryError) return error;
   if (databaseUnavailable(error)) {
     return new RegistryError('UNAVAILABLE', 'the database is unavailable; try again', { 'Retry-After': '1' });
+  }
+  if (storageFull(error)) {
+    return new RegistryError('UNAVAILABLE', 'the registry is out of storage space; try again later', {
+      'Retry-After': STORAGE_FULL_RETRY_AFTER,
+    });
   }
   if (error instanceof HttpException)
     return new RegistryError(fromHttpStatus(error.getStatus()), error.message);
@@ -115,7 +135,14 @@ export function sendError(
     return;
   }
   const e = toRegistryError(error);
-  if (e.code === 'UNAVAILABLE') {
+  if (storageFull(error)) {
+    // The operator's to fix (free space or grow the volume), not a bug: one line each, no stack.
+    const { code, syscall, path } = error as { code?: unknown; syscall?: unknown; path?: unknown };
+    logger.warn(
+      { method: request.method, url: request.originalUrl, code, syscall, path },
+      'failed to store blob bytes: no space left on the storage, answered 503',
+    );
+  } else if (e.code === 'UNAVAILABLE') {
     // Expected while the database restarts or fails over, and possibly for every request then: one line each, no
     // stack.
     const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
