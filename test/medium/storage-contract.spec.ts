@@ -249,6 +249,52 @@ describe.each([
     });
   });
 
+  describe('positional reads', () => {
+    it('read any piece of a composed object, at once and out of order, stopping at its end', async () => {
+      const upload = randomUUID();
+      const datas = [randomBytes(300_000), randomBytes(1), randomBytes(2 * MiB + 5)];
+      const parts: string[] = [];
+      let offset = 0;
+      for (const data of datas) {
+        parts.push(await writeChunk(data, upload, offset));
+        offset += data.length;
+      }
+      const whole = Buffer.concat(datas);
+      const key = blobKey(hex());
+      await h.compose(key, parts);
+      const reader = await storage.openReader!(key);
+      try {
+        expect(reader.size).toBe(whole.length);
+        // Reads under way together, across the parts' seams; each may stop early, and is asked again for the rest.
+        const pieces = [
+          [2 * MiB, 299_990],
+          [0, 512 * 1024],
+          [300_000, 1],
+          [299_999, 3],
+          [whole.length - 7, 100],
+        ] as const;
+        const got = await Promise.all(
+          pieces.map(async ([at, length]) => {
+            const out = Buffer.alloc(length);
+            let n = 0;
+            for (;;) {
+              const m = await reader.read(out.subarray(n), length - n, at + n);
+              if (m === 0) break;
+              n += m;
+            }
+            return out.subarray(0, n);
+          }),
+        );
+        pieces.forEach(([at, length], i) =>
+          expect(got[i]!.equals(whole.subarray(at, at + length))).toBe(true),
+        );
+        expect(await reader.read(Buffer.alloc(10), 10, whole.length)).toBe(0);
+      } finally {
+        await reader.close();
+      }
+    });
+  });
+
   describe('compose', () => {
     it('of one part makes a copy with the same bytes and leaves the part as it was', async () => {
       const data = randomBytes(200_000);

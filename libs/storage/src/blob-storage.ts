@@ -21,6 +21,11 @@ export interface WriteOptions {
 /** Random access to one object's bytes, for a sender that brings its own buffers. */
 export interface ObjectReader {
   readonly size: number;
+  /**
+   * Optional: the read size this reader serves best (a sender reads ahead in pieces of it, holding a fixed number
+   * of bytes, so a smaller piece means more reads under way at once).
+   */
+  readonly pieceSize?: number;
   /** Reads up to `length` bytes at `position` into the start of `buffer`; resolves with the count, 0 past the end. */
   read(buffer: Buffer, length: number, position: number): Promise<number>;
   close(): Promise<void>;

@@ -23,15 +23,15 @@ class RowParser {
   /** Bytes of the fixed part of the current row (field count, offset, length) gathered so far. */
   private fixed = Buffer.alloc(18);
   private fixedGot = 0;
-  private row: Buffer | null = null;
-  private rowGot = 0;
+  private inRow = false;
+  private rowLeft = 0;
   private ended = false;
   rows = 0;
   size = 0;
 
   constructor(
     private expectedOffset: number,
-    private readonly onRow: (bytes: Buffer) => void,
+    private readonly onBytes: (view: Buffer) => void,
   ) {}
 
   push(chunk: Buffer): void {
@@ -47,7 +47,7 @@ class RowParser {
     }
     while (at < chunk.length) {
       if (this.ended) throw new Error('bytes after the end of a binary COPY stream');
-      if (this.row === null) {
+      if (!this.inRow) {
         if (this.fixedGot < 2) {
           const n = Math.min(2 - this.fixedGot, chunk.length - at);
           chunk.copy(this.fixed, this.fixedGot, at, at + n);
@@ -73,29 +73,26 @@ class RowParser {
           throw new Error(`COPY row at offset ${offset}, expected ${this.expectedOffset}`);
         const length = this.fixed.readInt32BE(14);
         if (length < 0) throw new Error('a COPY row holds no bytes');
-        // A copy of its own: pg reuses the buffer that CopyData messages are cut from.
-        this.row = Buffer.allocUnsafe(length);
-        this.rowGot = 0;
+        this.rowLeft = length;
+        this.inRow = true;
       }
-      const n = Math.min(this.row.length - this.rowGot, chunk.length - at);
-      chunk.copy(this.row, this.rowGot, at, at + n);
-      this.rowGot += n;
+      const n = Math.min(this.rowLeft, chunk.length - at);
+      // A view of pg's buffer, valid only during the call: pg reuses the buffer CopyData messages are cut from.
+      if (n > 0) this.onBytes(chunk.subarray(at, at + n));
+      this.rowLeft -= n;
+      this.size += n;
+      this.expectedOffset += n;
       at += n;
-      if (this.rowGot === this.row.length) {
-        const row = this.row;
+      if (this.rowLeft === 0) {
         this.rows += 1;
-        this.size += row.length;
-        this.expectedOffset += row.length;
-        this.row = null;
+        this.inRow = false;
         this.fixedGot = 0;
-        this.onRow(row);
       }
     }
   }
 
   finish(): void {
-    if (!this.ended || this.row !== null || this.fixedGot !== 0)
-      throw new Error('binary COPY stream ended early');
+    if (!this.ended || this.inRow || this.fixedGot !== 0) throw new Error('binary COPY stream ended early');
   }
 }
 
@@ -178,17 +175,18 @@ class CopyOutQuery implements PromiseLike<{ command: string; rowCount: number; r
 
 /**
  * Runs `select`, a query of `(offset int8, bytes bytea)` rows whose offsets start at `from` and follow each other,
- * through `COPY (select) TO STDOUT (FORMAT binary)` on one of `db`'s pooled connections, handing each row's bytes
- * to `onRow` as it arrives; resolves with the number of bytes once the statement is done. `select` is inlined in
- * the COPY statement (COPY takes no parameters): callers build it from numbers only.
+ * through `COPY (select) TO STDOUT (FORMAT binary)` on one of `db`'s pooled connections, handing the rows' bytes to
+ * `onBytes` in order as they arrive, as views valid only during the call (copy what is kept); resolves with the
+ * number of bytes once the statement is done. `select` is inlined in the COPY statement (COPY takes no
+ * parameters): callers build it from numbers only.
  */
 export async function copyBytes(
   db: Db,
   select: string,
   from: number,
-  onRow: (bytes: Buffer) => void,
+  onBytes: (view: Buffer) => void,
 ): Promise<number> {
-  const parser = new RowParser(from, onRow);
+  const parser = new RowParser(from, onBytes);
   const query = new CopyOutQuery(`COPY (${select}) TO STDOUT (FORMAT binary)`, parser);
   const compiled = CompiledQuery.raw('');
   await db.executeQuery({ ...compiled, sql: query as unknown as string });

@@ -1,15 +1,20 @@
 import { Readable } from 'node:stream';
 import { sql } from 'kysely';
 import type { Db, Tx } from '@strata/db';
-import { assertKey, type BlobStorage, type ByteRange } from './blob-storage';
+import { assertKey, type BlobStorage, type ByteRange, type ObjectReader } from './blob-storage';
 import { copyBytes } from './copy-out';
 import { loPut } from './lo-put';
 import { streamed } from './reclaim';
 
-/** Bytes fetched per statement while streaming a read. */
-const WINDOW = 4 * 1024 * 1024;
-/** Bytes per row of a read's COPY: what pg must hold of one message at a time. */
-const ROW = 256 * 1024;
+/** Bytes per row of a read's COPY: the most pg holds of one message at a time. */
+const ROW = 64 * 1024;
+/**
+ * The read size offered to senders. Each read is a statement, with a fixed cost (a backend woken, a plan) that
+ * must stay small beside its bytes; a sender holds two such pieces per download.
+ */
+const READ_PIECE = 512 * 1024;
+/** Bytes per statement of a streamed read (`read`), and what such a stream buffers ahead of its consumer. */
+const STREAM_PIECE = 256 * 1024;
 /** Bytes sent per statement while writing: a whole number of large-object pages (2 KiB). */
 const WRITE_SLICE = 1024 * 1024;
 /** Slices of one write in flight at once, each on its own connection. */
@@ -32,59 +37,106 @@ interface StoredObject {
   readonly segments: readonly Segment[];
 }
 
-/** Bytes [start, end] of one large object. */
-interface Window {
-  readonly loid: number;
-  readonly start: number;
-  readonly end: number;
+/** A segment placed in its object: `base` is where its first byte sits. */
+interface Placed extends Segment {
+  readonly base: number;
 }
 
 /**
- * An object's bytes, one window per statement: each window's rows are passed on as they arrive, and the next
- * window is asked for once the reader has taken what came before. A reader that stalls holds at most one
- * window in memory and no connection.
+ * Positional reads of an object: each read is one COPY statement of the bytes asked for, whose rows are copied
+ * straight into the caller's buffer as they arrive, on whichever pooled connection is free. Reads may run at once
+ * (a sender reading ahead gets its pieces from several backends in parallel); nothing is buffered here and no
+ * connection is held between reads, so a download whose client stops reading holds only the caller's buffers.
  */
-class WindowStream extends Readable {
-  private next = 0;
-  private fetching = false;
+class LargeObjectReader implements ObjectReader {
+  private readonly placed: readonly Placed[];
+  readonly size: number;
+  readonly pieceSize = READ_PIECE;
 
   constructor(
     private readonly db: Db,
     private readonly key: string,
-    private readonly windows: readonly Window[],
+    object: StoredObject,
   ) {
-    super({ highWaterMark: ROW * 2 });
+    let base = 0;
+    this.placed = object.segments.map((segment) => {
+      const p = { ...segment, base };
+      base += segment.size;
+      return p;
+    });
+    this.size = object.size;
+  }
+
+  /** Reads within the segment holding `position`; a read across its end stops there, and the caller asks again. */
+  async read(buffer: Buffer, length: number, position: number): Promise<number> {
+    const segment = this.placed.find((p) => position >= p.base && position < p.base + p.size);
+    if (!segment) return 0;
+    const start = position - segment.base;
+    const n = Math.min(length, buffer.length, segment.size - start);
+    if (n <= 0) return 0;
+    const end = start + n - 1;
+    let at = 0;
+    const got = await copyBytes(
+      this.db,
+      `SELECT o, lo_get(${int(segment.loid)}::oid, o, least(${ROW}, ${int(end)} - o + 1)::int)
+       FROM generate_series(${int(start)}::bigint, ${int(end)}::bigint, ${ROW}) AS o`,
+      start,
+      (view) => {
+        if (at + view.length > n) throw new Error(`failed to read ${this.key}: more bytes than asked for`);
+        view.copy(buffer, at);
+        at += view.length;
+      },
+    );
+    if (got !== n) throw new Error(`failed to read ${this.key}: large object ${segment.loid} is short`);
+    streamed(n);
+    return n;
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+/**
+ * Bytes [from, to] of an object as a stream, one positional read of a fresh buffer at a time, asked for only when
+ * the consumer wants more: what it buffers is bounded by its high-water mark and one piece.
+ */
+class ObjectStream extends Readable {
+  private at: number;
+  private reading = false;
+
+  constructor(
+    private readonly reader: ObjectReader,
+    from: number,
+    private readonly to: number,
+  ) {
+    super({ highWaterMark: STREAM_PIECE });
+    this.at = from;
   }
 
   override _read(): void {
-    if (this.fetching) return;
-    const window = this.windows[this.next++];
-    if (!window) {
+    if (this.reading) return;
+    if (this.at > this.to) {
       this.push(null);
       return;
     }
-    this.fetching = true;
-    const { loid, start, end } = window;
-    copyBytes(
-      this.db,
-      `SELECT o, lo_get(${int(loid)}::oid, o, least(${ROW}, ${int(end)} - o + 1)::int)
-       FROM generate_series(${int(start)}::bigint, ${int(end)}::bigint, ${ROW}) AS o`,
-      start,
-      (bytes) => {
-        streamed(bytes.length);
-        if (!this.destroyed) this.push(bytes);
-      },
-    ).then(
-      (got) => {
-        this.fetching = false;
-        if (got !== end - start + 1) {
-          this.destroy(new Error(`failed to read ${this.key}: large object ${loid} is short`));
+    this.reading = true;
+    const length = Math.min(STREAM_PIECE, this.to - this.at + 1);
+    const buffer = Buffer.allocUnsafe(length);
+    this.reader.read(buffer, length, this.at).then(
+      (n) => {
+        this.reading = false;
+        if (this.destroyed) return;
+        if (n === 0) {
+          this.destroy(new Error(`object ends at ${this.at}, before byte ${this.to}`));
           return;
         }
-        if (!this.destroyed && this.readableLength < this.readableHighWaterMark) this._read();
+        this.at += n;
+        // push() returning true: the consumer wants more now, and _read is not called again by itself.
+        if (this.push(n === length ? buffer : buffer.subarray(0, n))) this._read();
       },
       (e: unknown) => {
-        this.fetching = false;
+        this.reading = false;
         this.destroy(e as Error);
       },
     );
@@ -102,8 +154,8 @@ function int(n: number): string {
  * object with `lo_put` (each statement commits, so no connection is held while a client sends); the object counts
  * only once marked complete. Compose makes a row that names its parts' large objects in order, inside the caller's
  * transaction, so an assembled blob becomes visible exactly when the row naming it commits and no byte is copied;
- * a large object goes with the last row that names it (migration 0008). Reads stream the segments in windows,
- * each one COPY statement in binary format.
+ * a large object goes with the last row that names it (migration 0008). Reads are positional: one binary COPY
+ * statement per piece asked for, in rows of 64 KiB copied into the reader's buffer.
  */
 export class LargeObjectDriver implements BlobStorage {
   readonly driver = 'postgres' as const;
@@ -236,21 +288,14 @@ export class LargeObjectDriver implements BlobStorage {
   }
 
   async read(key: string, range?: ByteRange): Promise<Readable> {
-    const { size, segments } = await this.object(key);
+    const reader = await this.openReader(key);
     const from = range?.start ?? 0;
-    const to = range ? Math.min(range.end, size - 1) : size - 1;
-    const windows: Window[] = [];
-    let base = 0;
-    for (const segment of segments) {
-      const segmentEnd = base + segment.size - 1;
-      for (let at = Math.max(from, base); at <= Math.min(to, segmentEnd); ) {
-        const last = Math.min(to, segmentEnd, at + WINDOW - 1);
-        windows.push({ loid: segment.loid, start: at - base, end: last - base });
-        at = last + 1;
-      }
-      base += segment.size;
-    }
-    return new WindowStream(this.db, key, windows);
+    const to = range ? Math.min(range.end, reader.size - 1) : reader.size - 1;
+    return new ObjectStream(reader, from, to);
+  }
+
+  async openReader(key: string): Promise<ObjectReader> {
+    return new LargeObjectReader(this.db, key, await this.object(key));
   }
 
   async size(key: string): Promise<number | null> {

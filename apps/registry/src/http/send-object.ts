@@ -3,16 +3,27 @@ import type { FastifyReply } from 'fastify';
 import type { Logger } from 'pino';
 import type { ObjectReader } from '@strata/storage';
 
-/** Bytes per read and per socket write. */
-const PIECE = 512 * 1024;
-/** Pieces one response may have in flight: read-ahead while the socket drains the ones before. */
-const RING = 4;
-/** Buffers kept for the next responses, so a download does not map and fault in fresh memory for every piece. */
-const SPARE_MAX = 4;
-const spare: Buffer[] = [];
+/** Bytes per read and per socket write, unless the reader names its own size. */
+const PIECE = 256 * 1024;
+/**
+ * Bytes one response may hold in its ring: read-ahead while the socket drains the pieces before. A response whose
+ * client stops reading keeps all of them, so this is the memory each stalled download costs.
+ */
+const RING_BYTES = 1024 * 1024;
+/** Buffers of each size kept for the next responses, so a download does not fault in fresh memory for every piece. */
+const SPARE_MAX = 8;
+const spare = new Map<number, Buffer[]>();
 
-function take(): Buffer {
-  return spare.pop() ?? Buffer.allocUnsafeSlow(PIECE);
+function take(size: number): Buffer {
+  return spare.get(size)?.pop() ?? Buffer.allocUnsafeSlow(size);
+}
+
+function giveBack(buffers: readonly Buffer[]): void {
+  for (const b of buffers) {
+    const kept = spare.get(b.length) ?? [];
+    spare.set(b.length, kept);
+    if (kept.length < SPARE_MAX) kept.push(b);
+  }
 }
 
 function drainedOrClosed(res: ServerResponse): Promise<void> {
@@ -71,8 +82,10 @@ export async function sendObject(
   const res = reply.raw;
   const outgoing: Record<string, string> = {};
   for (const [k, v] of Object.entries(reply.getHeaders())) if (v !== undefined) outgoing[k] = String(v);
+  const piece = reader.pieceSize ?? PIECE;
+  const ring = Math.max(2, Math.floor(RING_BYTES / piece));
   const buffers: Buffer[] = [];
-  const inFlight: Promise<void>[] = Array.from({ length: RING }, () => Promise.resolve());
+  const inFlight: Promise<void>[] = Array.from({ length: ring }, () => Promise.resolve());
   const reads: Promise<number>[] = [];
   // A write queued on a socket that is already gone may never call back; its closing ends every wait.
   const closed = new Promise<void>((resolve) => res.once('close', resolve));
@@ -82,9 +95,9 @@ export async function sendObject(
   const schedule = (i: number): void => {
     if (scheduled > response.end) return;
     const position = scheduled;
-    const length = Math.min(PIECE, response.end + 1 - position);
+    const length = Math.min(piece, response.end + 1 - position);
     scheduled += length;
-    const buffer = (buffers[i] ??= take());
+    const buffer = (buffers[i] ??= take(piece));
     const read = inFlight[i]!.then(() =>
       res.destroyed ? length : readFully(reader, buffer, length, position),
     );
@@ -95,9 +108,9 @@ export async function sendObject(
   try {
     reply.hijack();
     res.writeHead(response.status, { ...outgoing, ...response.headers });
-    for (let i = 0; i < RING; i++) schedule(i);
-    for (let i = 0; sent <= response.end; i = (i + 1) % RING) {
-      const length = Math.min(PIECE, response.end + 1 - sent);
+    for (let i = 0; i < ring; i++) schedule(i);
+    for (let i = 0; sent <= response.end; i = (i + 1) % ring) {
+      const length = Math.min(piece, response.end + 1 - sent);
       const n = await reads[i]!;
       if (res.destroyed) return;
       if (n < length) throw new Error(`object ends at ${sent + n}, before byte ${response.end}`);
@@ -106,7 +119,7 @@ export async function sendObject(
       // The callback also runs, with an error, when the response is destroyed: so this never waits forever.
       inFlight[i] = Promise.race([
         new Promise<void>((resolve) => {
-          res.write(n === PIECE ? buffer : buffer.subarray(0, n), () => resolve());
+          res.write(n === piece ? buffer : buffer.subarray(0, n), () => resolve());
         }),
         closed,
       ]);
@@ -124,6 +137,6 @@ export async function sendObject(
     await reader.close().catch(() => undefined);
     await Promise.all(inFlight);
     // A response cut short may have left writes that never called back: its buffers are left to the collector.
-    if (res.writableFinished) for (const b of buffers) if (spare.length < SPARE_MAX) spare.push(b);
+    if (res.writableFinished) giveBack(buffers);
   }
 }
