@@ -3,7 +3,15 @@ import { join } from 'node:path';
 import { sql } from 'kysely';
 import { systemMeta } from '@strata/events';
 import { UploadService } from '@strata/registry';
-import { withJobLock } from '../../apps/registry/src/jobs/job-lock';
+import { spawn } from 'node:child_process';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { Writable } from 'node:stream';
+import pino from 'pino';
+import { createPool } from '@strata/db';
+import { FilesystemDriver } from '@strata/storage';
+import { ExpireUploadsJob } from '../../apps/registry/src/jobs/expire-uploads.job';
+import { JOB_LOCKS, withJobLock } from '../../apps/registry/src/jobs/job-lock';
+import { tempDirName } from '../../libs/storage/src/temp-owner';
 import { startTestApp, type TestApp } from '../support/test-app';
 
 describe('the expire-uploads job', () => {
@@ -62,5 +70,54 @@ describe('the expire-uploads job', () => {
     });
     expect(outer).toBe(2);
     expect(inner).toBeNull();
+  });
+  it('with the database away, warns in one line and still removes the leftovers of dead processes', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const logger = pino(
+      { level: 'info', formatters: { level: (l) => ({ level: l }) } },
+      new Writable({
+        write(chunk: Buffer, _enc, cb) {
+          for (const l of chunk.toString('utf8').split('\n'))
+            if (l) lines.push(JSON.parse(l) as Record<string, unknown>);
+          cb();
+        },
+      }),
+    );
+    const child = spawn(process.execPath, ['-e', '']);
+    await new Promise((r) => child.once('exit', r));
+    const dead = tempDirName('00ff').replace(`.${process.pid}.`, `.${child.pid!}.`);
+    const storage = new FilesystemDriver(join(t.dataDir, 'storage'), { directIo: false });
+    await storage.init();
+    await mkdir(join(t.dataDir, 'storage', 'tmp', dead), { recursive: true });
+    await writeFile(join(t.dataDir, 'storage', 'tmp', dead, 'partial'), Buffer.alloc(100));
+    // Nothing listens on port 1: every connection is refused, as while the database restarts.
+    const away = createPool({ connectionString: 'postgres://postgres@127.0.0.1:1/none' });
+    try {
+      const job = new ExpireUploadsJob(t.app.get(UploadService), away, t.runtime.config, logger, storage);
+      await job.tick();
+    } finally {
+      await away.end();
+    }
+    expect(lines.filter((l) => l.level === 'error')).toEqual([]);
+    const warned = lines.filter((l) => l.level === 'warn');
+    expect(warned).toHaveLength(1);
+    expect(warned[0]).toMatchObject({ msg: 'failed to expire idle uploads: the database is unavailable' });
+    expect(warned[0]).not.toHaveProperty('err');
+    expect(lines.some((l) => l.msg === 'removed partial writes of dead processes')).toBe(true);
+    expect(await readdir(join(t.dataDir, 'storage', 'tmp'))).not.toContain(dead);
+  });
+
+  it('keeps what the job did when the database ends the session holding its lock, and frees the lock', async () => {
+    const result = await withJobLock(t.runtime.pool, 'expire-uploads', async () => {
+      await sql`
+        SELECT pg_terminate_backend(pid) FROM pg_locks
+        WHERE locktype = 'advisory' AND objid = ${JOB_LOCKS['expire-uploads']} AND granted`.execute(
+        t.database.db,
+      );
+      return 42;
+    });
+    expect(result).toBe(42);
+    expect(await withJobLock(t.runtime.pool, 'expire-uploads', () => Promise.resolve(1))).toBe(1);
+    await expect(sql`SELECT 1`.execute(t.runtime.db)).resolves.toBeDefined();
   });
 });

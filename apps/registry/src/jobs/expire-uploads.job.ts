@@ -7,6 +7,7 @@ import { UploadService } from '@strata/registry';
 import type { BlobStorage } from '@strata/storage';
 import type { Config } from '../config/config';
 import { CONFIG, LOGGER, POOL, STORAGE } from '../tokens';
+import { jobStep } from './job-errors';
 import { withJobLock } from './job-lock';
 
 /**
@@ -30,14 +31,17 @@ export class ExpireUploadsJob {
     if (this.running) return;
     this.running = true;
     try {
-      const removed = await withJobLock(this.pool, 'expire-uploads', () => this.run());
-      if (removed) this.logger.info({ job: 'expire-uploads', removed }, 'expired idle uploads');
-      // Every replica looks at its own view of the storage: another host's dead writers are its to see.
-      const leftovers = (await this.storage.removeLeftovers?.()) ?? 0;
-      if (leftovers)
-        this.logger.info({ job: 'expire-uploads', leftovers }, 'removed partial writes of dead processes');
-    } catch (err) {
-      this.logger.error({ err, job: 'expire-uploads' }, 'failed to expire uploads');
+      await jobStep(this.logger, 'expire-uploads', 'expire idle uploads', async () => {
+        const removed = await withJobLock(this.pool, 'expire-uploads', () => this.run());
+        if (removed) this.logger.info({ job: 'expire-uploads', removed }, 'expired idle uploads');
+      });
+      // Every replica looks at its own view of the storage: another host's dead writers are its to see. Run even
+      // when the database is away: the filesystem driver's leftovers need none of it.
+      await jobStep(this.logger, 'expire-uploads', 'remove leftovers', async () => {
+        const leftovers = (await this.storage.removeLeftovers?.()) ?? 0;
+        if (leftovers)
+          this.logger.info({ job: 'expire-uploads', leftovers }, 'removed partial writes of dead processes');
+      });
     } finally {
       this.running = false;
     }
