@@ -20,6 +20,13 @@ export interface EventPayloads {
   'manifest.deleted': { digest: string; tags: string[] };
   'tag.moved': { tag: string; digest: string; previous: string | null };
   'tag.deleted': { tag: string; digest: string };
+  /** A storage-maintenance run that reclaimed something: what it removed and vacuumed. */
+  'storage.maintained': {
+    abandoned_writes: number;
+    orphans: number;
+    vacuumed: string[];
+    refused: string[];
+  };
   'test.event': Record<string, unknown>;
 }
 

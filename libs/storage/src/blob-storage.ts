@@ -84,8 +84,27 @@ export interface BlobStorage {
    */
   removeLeftovers?(): Promise<number>;
 
+  /**
+   * Optional: reclaims the space of bytes nothing refers to any more, for drivers whose store does not do that by
+   * itself (large objects: orphans, writes abandoned by a dead process, dead tuples). Never touches a write still
+   * under way, on this replica or another. Run by one replica at a time.
+   */
+  maintain?(): Promise<MaintenanceReport>;
+
   /** Throws when the store cannot accept writes (readiness). */
   check(): Promise<void>;
+}
+
+/** What one `maintain` run reclaimed. */
+export interface MaintenanceReport {
+  /** Objects whose write stopped long ago without completing (their writer died), removed with their bytes. */
+  readonly abandonedWrites: number;
+  /** Stored byte runs that nothing names, removed. */
+  readonly orphans: number;
+  /** Tables vacuumed because their dead rows warranted it. */
+  readonly vacuumed: readonly string[];
+  /** Tables that needed a vacuum this process may not run (not their owner): an operator's to vacuum. */
+  readonly refused: readonly string[];
 }
 
 export class StorageKeyError extends Error {

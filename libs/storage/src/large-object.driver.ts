@@ -1,7 +1,13 @@
 import { Readable } from 'node:stream';
 import { sql } from 'kysely';
 import type { Db, Tx } from '@strata/db';
-import { assertKey, type BlobStorage, type ByteRange, type ObjectReader } from './blob-storage';
+import {
+  assertKey,
+  type BlobStorage,
+  type ByteRange,
+  type MaintenanceReport,
+  type ObjectReader,
+} from './blob-storage';
 import { copyBytes } from './copy-out';
 import { loPut } from './lo-put';
 import { streamed } from './reclaim';
@@ -19,6 +25,22 @@ const STREAM_PIECE = 256 * 1024;
 const WRITE_SLICE = 1024 * 1024;
 /** Slices of one write in flight at once, each on its own connection. */
 const WRITE_DEPTH = 3;
+
+/**
+ * By default, an incomplete object whose large object has not grown for this long is a write whose writer died: a
+ * live one sends a 1 MiB slice far more often (a client silent for STRATA_CLIENT_IDLE_TIMEOUT is cut, and its
+ * write removes its own object).
+ */
+const ABANDONED_AFTER_MS = 15 * 60 * 1000;
+
+export interface LargeObjectOptions {
+  /** How long an incomplete object's large object must not have grown before `maintain` removes it. */
+  readonly abandonedAfterMs?: number;
+}
+/** Tables vacuumed by `maintain`, and the dead rows past which one is: autovacuum's rule (50 + 20% of the live). */
+const VACUUMED = ['pg_largeobject', 'pg_largeobject_metadata', 'storage_objects'] as const;
+const VACUUM_BASE = 50;
+const VACUUM_SCALE = 0.2;
 
 function enoent(key: string): NodeJS.ErrnoException {
   const e: NodeJS.ErrnoException = new Error(`no object at ${key}`);
@@ -161,7 +183,17 @@ export class LargeObjectDriver implements BlobStorage {
   readonly driver = 'postgres' as const;
   readonly transactional = true;
 
-  constructor(private readonly db: Db) {}
+  /** Incomplete objects seen by `maintain`, with their large object's size and since when it was that size. */
+  private readonly stalled = new Map<string, { readonly size: number; readonly since: number }>();
+
+  private readonly abandonedAfterMs: number;
+
+  constructor(
+    private readonly db: Db,
+    options: LargeObjectOptions = {},
+  ) {
+    this.abandonedAfterMs = options.abandonedAfterMs ?? ABANDONED_AFTER_MS;
+  }
 
   async init(): Promise<void> {
     // Writes that never completed (a process killed mid-write) leave rows that no upload references.
@@ -310,6 +342,82 @@ export class LargeObjectDriver implements BlobStorage {
   async delete(key: string): Promise<void> {
     assertKey(key);
     await sql`DELETE FROM storage_objects WHERE key = ${key}`.execute(this.db);
+  }
+
+  /**
+   * Removes incomplete objects whose large object stopped growing at least `abandonedAfterMs` ago (seen by two runs
+   * of this process at least that far apart: a write under way on any replica grows between them), then large
+   * objects of Strata's role that no row names (vacuumlo's rule; a row and its large object are created in one
+   * statement and a large object is unlinked with its last row, so no live write has one), then vacuums the tables
+   * whose dead rows warrant it. VACUUM needs the table's owner, the database's owner or a superuser: tables this
+   * role may not vacuum are reported, not attempted.
+   */
+  async maintain(): Promise<MaintenanceReport> {
+    const now = Date.now();
+    const incomplete = await sql<{ key: string; size: number | string }>`
+      SELECT key, lo_lseek64(lo_open(loid, 262144), 0, 2) AS size FROM storage_objects
+      WHERE NOT complete AND loid IS NOT NULL AND created_at < now() - make_interval(secs => ${this.abandonedAfterMs / 1000})`.execute(
+      this.db,
+    );
+    const seen = new Set<string>();
+    const abandoned: string[] = [];
+    for (const row of incomplete.rows) {
+      const size = Number(row.size);
+      seen.add(row.key);
+      const before = this.stalled.get(row.key);
+      if (!before || before.size !== size) this.stalled.set(row.key, { size, since: now });
+      else if (now - before.since >= this.abandonedAfterMs) abandoned.push(row.key);
+    }
+    for (const key of this.stalled.keys()) if (!seen.has(key)) this.stalled.delete(key);
+    let abandonedWrites = 0;
+    if (abandoned.length > 0) {
+      const removed = await sql`
+        DELETE FROM storage_objects WHERE key = ANY(${sql.val(abandoned)}::text[]) AND NOT complete`.execute(
+        this.db,
+      );
+      abandonedWrites = Number(removed.numAffectedRows ?? 0);
+      for (const key of abandoned) this.stalled.delete(key);
+    }
+    const orphans = await sql<{ n: number | string }>`
+      WITH unlinked AS (
+        SELECT lo_unlink(m.oid) FROM pg_largeobject_metadata m
+        WHERE m.lomowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+          AND NOT EXISTS (SELECT 1 FROM storage_objects o WHERE o.loid = m.oid)
+          AND NOT EXISTS (SELECT 1 FROM storage_objects o WHERE o.parts @> ARRAY[m.oid])
+      )
+      SELECT count(*) AS n FROM unlinked`.execute(this.db);
+    const vacuumed: string[] = [];
+    const refused: string[] = [];
+    for (const table of await this.tablesToVacuum()) {
+      if (!table.allowed) {
+        refused.push(table.name);
+        continue;
+      }
+      // Outside any transaction (VACUUM refuses to run in one): kysely runs a lone statement in autocommit.
+      await sql`VACUUM (ANALYZE) ${sql.table(table.name)}`.execute(this.db);
+      vacuumed.push(table.name);
+    }
+    return { abandonedWrites, orphans: Number(orphans.rows[0]?.n ?? 0), vacuumed, refused };
+  }
+
+  /** The tables of VACUUMED whose dead rows warrant a vacuum, and whether this role may run it. */
+  private async tablesToVacuum(): Promise<{ name: string; allowed: boolean }[]> {
+    const version = await sql<{
+      v: number | string;
+    }>`SELECT current_setting('server_version_num') AS v`.execute(this.db);
+    // PostgreSQL 17 added the MAINTAIN privilege, which lets a role vacuum a table it does not own.
+    const maintain =
+      Number(version.rows[0]?.v ?? 0) >= 170000 ? sql`OR has_table_privilege(c.oid, 'MAINTAIN')` : sql``;
+    const r = await sql<{ name: string; allowed: boolean }>`
+      SELECT c.relname AS name,
+        (pg_has_role(c.relowner, 'USAGE')
+          OR pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')
+          OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) ${maintain}) AS allowed
+      FROM pg_stat_all_tables s JOIN pg_class c ON c.oid = s.relid
+      WHERE s.relid = ANY(ARRAY[${sql.join(VACUUMED.map((t) => sql`${t}::regclass`))}])
+        AND s.n_dead_tup > ${VACUUM_BASE}::float8 + ${VACUUM_SCALE}::float8 * s.n_live_tup
+      ORDER BY c.relname`.execute(this.db);
+    return r.rows;
   }
 
   async check(): Promise<void> {

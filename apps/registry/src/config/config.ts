@@ -22,6 +22,10 @@ export interface Config {
   /** How long PostgreSQL lets one of our sessions sit in a transaction between statements before ending it. */
   readonly dbIdleInTransactionSeconds: number;
   readonly jobsEnabled: boolean;
+  /** Run the storage-maintenance job (drivers that need one: large objects). */
+  readonly storageMaintenance: boolean;
+  /** Milliseconds between two runs of the storage-maintenance job. */
+  readonly storageMaintenanceIntervalMs: number;
   /** Blobs up to this many bytes, pushed in one request, are kept in their database row; 0 turns that off. */
   readonly inlineBlobMax: number;
   /** Answer a chunk before its flush to disk; the commit flushes. Off: every chunk is flushed before its 202. */
@@ -68,6 +72,8 @@ const KEYS = [
   'STRATA_DB_POOL_MAX',
   'STRATA_DB_IDLE_IN_TRANSACTION',
   'STRATA_JOBS',
+  'STRATA_STORAGE_MAINTENANCE',
+  'STRATA_STORAGE_MAINTENANCE_INTERVAL',
   'STRATA_INLINE_BLOB_MAX',
   'STRATA_DEFER_CHUNK_SYNC',
   'STRATA_DIRECT_IO',
@@ -243,6 +249,8 @@ export function loadConfig(env: Source = process.env): Config {
       Math.floor(2 ** 31 / 1000) - 1,
     ),
     jobsEnabled: parseBool('STRATA_JOBS', get('STRATA_JOBS') ?? 'true'),
+    storageMaintenance: parseBool('STRATA_STORAGE_MAINTENANCE', get('STRATA_STORAGE_MAINTENANCE') ?? 'true'),
+    storageMaintenanceIntervalMs: millis('STRATA_STORAGE_MAINTENANCE_INTERVAL', '10m'),
     inlineBlobMax: parseIntIn('STRATA_INLINE_BLOB_MAX', get('STRATA_INLINE_BLOB_MAX') ?? '65536', 0, 1048576),
     deferChunkSync: parseBool('STRATA_DEFER_CHUNK_SYNC', get('STRATA_DEFER_CHUNK_SYNC') ?? 'true'),
     directIo: parseBool('STRATA_DIRECT_IO', get('STRATA_DIRECT_IO') ?? 'true'),
