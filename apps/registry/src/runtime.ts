@@ -24,6 +24,7 @@ export async function startDatabase(
     dir: join(config.dataDir, 'postgres'),
     database: 'strata',
     log: (line) => logger.debug({ component: 'postgres' }, line),
+    report: (level, fields, message) => logger[level]({ component: 'postgres', ...fields }, message),
   });
   logger.info({ dir: join(config.dataDir, 'postgres') }, 'starting embedded PostgreSQL');
   const connectionString = await embedded.start();

@@ -2,10 +2,10 @@ import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { createServer, type Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import pg from 'pg';
-import { lockHolder, type LiveProcess, readPostmasterLock, waitForExit } from './postmaster-pid';
+import { liveProcess, lockHolder, type LiveProcess, readPostmasterLock, waitForExit } from './postmaster-pid';
 
 interface Credentials {
   readonly user: string;
@@ -17,6 +17,15 @@ export interface EmbeddedPostgresOptions {
   readonly dir: string;
   readonly database: string;
   readonly log?: (line: string) => void;
+  /**
+   * What an operator must hear of at the default level: the server exiting behind Strata's back (`error`), each
+   * attempt to restart it that failed (`warn`), and that it runs again (`info`).
+   */
+  readonly report?: (
+    level: 'info' | 'warn' | 'error',
+    fields: Record<string, unknown>,
+    message: string,
+  ) => void;
   /** Settings for throwaway clusters (tests): no fsync, no full-page writes. */
   readonly fast?: boolean;
 }
@@ -43,6 +52,14 @@ const READY_TIMEOUT_MS = 120_000;
 const FAST_SHUTDOWN_MS = 30_000;
 const IMMEDIATE_SHUTDOWN_MS = 10_000;
 const TAIL_LINES = 8;
+/**
+ * A postmaster that exits behind Strata's back is started again after this, doubled after each failure, to the
+ * max. Not at once: an operator's `pg_ctl restart` starts its own a moment after the stop, and that one is adopted.
+ */
+const RESTART_FIRST_MS = 2000;
+const RESTART_MAX_MS = 30_000;
+/** How often a postmaster Strata did not start (adopted) is checked to be alive: it is not a child to wait for. */
+const WATCH_MS = 1000;
 
 export async function freePort(): Promise<number> {
   return new Promise((res, rej) => {
@@ -153,11 +170,22 @@ export class EmbeddedPostgres {
   private readonly dataDir: string;
   private child: ChildProcess | undefined;
   private exited: Promise<void> | undefined;
+  /** A postmaster of this data directory that someone else started (`pg_ctl restart`), watched and stopped by us. */
+  private adopted: LiveProcess | undefined;
+  /** The data directory's lock: held from start to stop, so one process at a time runs its cluster. */
+  private lock: Server | undefined;
+  private owned = false;
+  private stopping = false;
+  private restartTimer: NodeJS.Timeout | undefined;
+  private restartDelay = RESTART_FIRST_MS;
   private port = 0;
   private credentials: Credentials | undefined;
   private readonly tail: string[] = [];
   /** A process that exits without stop() (process.exit, an uncaught error) still has its postmaster shut down. */
-  private readonly stopOnExit = (): void => void this.child?.kill('SIGINT');
+  private readonly stopOnExit = (): void => {
+    this.child?.kill('SIGINT');
+    if (this.adopted) signal(this.adopted.pid, 'SIGINT');
+  };
 
   constructor(private readonly options: EmbeddedPostgresOptions) {
     this.dir = resolve(options.dir);
@@ -199,8 +227,10 @@ export class EmbeddedPostgres {
   }
 
   async start(): Promise<string> {
-    if (this.child) return this.connectionString;
+    if (this.child || this.adopted) return this.connectionString;
+    this.stopping = false;
     try {
+      await this.takeLock();
       await this.startCluster();
     } catch (e) {
       await this.stop().catch(() => undefined);
@@ -210,8 +240,32 @@ export class EmbeddedPostgres {
     return this.connectionString;
   }
 
-  /** Fast shutdown (sessions are ended, a checkpoint written); resolves once the postmaster has exited. */
+  /**
+   * Fast shutdown (sessions are ended, a checkpoint written); resolves once the postmaster has exited. The
+   * postmaster of this data directory is stopped whoever started it (this process, or an operator's `pg_ctl
+   * restart`), found by its `postmaster.pid`, as long as this process holds the directory.
+   */
   async stop(): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.restartTimer);
+    this.restartTimer = undefined;
+    try {
+      await this.stopChild();
+      this.adopted = undefined;
+      if (this.owned) {
+        const lock = await readPostmasterLock(this.dataDir);
+        const holder = lock ? await lockHolder(lock.pid, this.dataDir) : null;
+        if (holder?.kind === 'postmaster') {
+          this.log(`stopping postgres (pid ${holder.process.pid}), which this process did not start`);
+          await this.stopLeftover(holder.process);
+        }
+      }
+    } finally {
+      this.releaseLock();
+    }
+  }
+
+  private async stopChild(): Promise<void> {
     const child = this.child;
     const exited = this.exited;
     this.child = undefined;
@@ -234,7 +288,142 @@ export class EmbeddedPostgres {
     await exited;
   }
 
-  private async startCluster(): Promise<void> {
+  /**
+   * One process per data directory: an abstract Unix socket named after the directory (its device and inode) is
+   * bound for as long as this process runs the cluster. The kernel lets one process bind it, and releases it when
+   * that process dies however it dies, so there is no stale lock to judge. Linux only (so is the embedded build);
+   * elsewhere `postmaster.pid` alone guards the directory.
+   */
+  private async takeLock(): Promise<void> {
+    if (this.owned) return;
+    if (process.platform === 'linux') {
+      await mkdir(this.dir, { recursive: true, mode: 0o755 });
+      const { dev, ino } = await stat(this.dir);
+      const server = createServer();
+      try {
+        await new Promise<void>((res, rej) => {
+          server.once('error', rej);
+          server.listen({ path: `\0strata-embedded-postgres-${dev}-${ino}`, exclusive: true }, () => res());
+        });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e;
+        const owner = Number(await readFile(join(this.dir, 'owner.pid'), 'utf8').catch(() => ''));
+        throw new EmbeddedPostgresError(
+          `it is in use by ${owner > 0 ? `process ${owner}` : 'another process'}; one process per data directory on the embedded database`,
+        );
+      }
+      server.unref();
+      this.lock = server;
+    }
+    this.owned = true;
+    await writeFile(join(this.dir, 'owner.pid'), `${process.pid}\n`);
+  }
+
+  private releaseLock(): void {
+    this.lock?.close();
+    this.lock = undefined;
+    this.owned = false;
+  }
+
+  /** The postmaster is gone without stop(): said at the default level, then started again with backoff. */
+  private lost(status: string): void {
+    this.child = undefined;
+    this.exited = undefined;
+    this.adopted = undefined;
+    process.removeListener('exit', this.stopOnExit);
+    if (this.stopping) return;
+    this.report('error', { dir: this.dir, status }, 'embedded PostgreSQL exited unexpectedly, restarting it');
+    this.scheduleRestart();
+  }
+
+  private scheduleRestart(): void {
+    const delay = this.restartDelay;
+    this.restartDelay = Math.min(delay * 2, RESTART_MAX_MS);
+    this.restartTimer = setTimeout(() => void this.restart(), delay);
+    this.restartTimer.unref();
+  }
+
+  private async restart(): Promise<void> {
+    this.restartTimer = undefined;
+    if (this.stopping) return;
+    try {
+      const how = await this.resume();
+      if (this.stopping) return;
+      this.restartDelay = RESTART_FIRST_MS;
+      this.report(
+        'info',
+        { dir: this.dir, port: this.port, ...(this.adopted ? { pid: this.adopted.pid } : {}) },
+        how === 'adopted'
+          ? 'embedded PostgreSQL runs again, started by someone else: watching it and stopping it at shutdown'
+          : 'embedded PostgreSQL restarted',
+      );
+    } catch (e) {
+      if (this.stopping) return;
+      this.report(
+        'warn',
+        { dir: this.dir, reason: e instanceof Error ? e.message : String(e), retryInMs: this.restartDelay },
+        'failed to restart embedded PostgreSQL',
+      );
+      this.scheduleRestart();
+    }
+  }
+
+  /**
+   * Starts the cluster again on the port the pool dials, or adopts a postmaster of this data directory that
+   * someone started meanwhile on that port (an operator's `pg_ctl restart`).
+   */
+  private async resume(): Promise<'adopted' | 'restarted'> {
+    const lock = await readPostmasterLock(this.dataDir);
+    const holder = lock ? await lockHolder(lock.pid, this.dataDir) : null;
+    if (lock && holder?.kind === 'postmaster' && lock.port === this.port) {
+      await this.untilReady(holder.process);
+      this.watch(holder.process);
+      return 'adopted';
+    }
+    await this.startCluster(true);
+    return 'restarted';
+  }
+
+  /** Waits for a postmaster someone else started to finish starting (crash recovery may replay WAL first). */
+  private async untilReady(proc: LiveProcess): Promise<void> {
+    const deadline = Date.now() + READY_TIMEOUT_MS;
+    for (;;) {
+      const lock = await readPostmasterLock(this.dataDir);
+      if (lock?.pid === proc.pid && lock.status === 'ready') return;
+      if (lock?.pid !== proc.pid || (await waitForExit(proc, 0))) {
+        throw new EmbeddedPostgresError(`postgres (pid ${proc.pid}) exited as it started`);
+      }
+      if (Date.now() > deadline) {
+        throw new EmbeddedPostgresError(
+          `postgres (pid ${proc.pid}) did not become ready within ${READY_TIMEOUT_MS / 1000} s`,
+        );
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  private watch(proc: LiveProcess): void {
+    this.adopted = proc;
+    process.removeListener('exit', this.stopOnExit);
+    process.on('exit', this.stopOnExit);
+    const timer = setInterval(() => {
+      void liveProcess(proc.pid).then((now) => {
+        if (this.adopted !== proc) return clearInterval(timer);
+        if (now && now.startTime === proc.startTime) return;
+        clearInterval(timer);
+        this.lost(`postgres (pid ${proc.pid}), started by someone else, exited`);
+      });
+    }, WATCH_MS);
+    timer.unref();
+  }
+
+  private report(level: 'info' | 'warn' | 'error', fields: Record<string, unknown>, message: string): void {
+    if (this.options.report) this.options.report(level, fields, message);
+    else this.log(message);
+  }
+
+  /** `samePort`: a restart, whose port the pool dials already; it waits for that port rather than take another. */
+  private async startCluster(samePort = false): Promise<void> {
     const bin = binDir();
     // Traversable: as root, the cluster runs as the `postgres` user and must reach its directory below this one.
     await mkdir(this.dir, { recursive: true, mode: 0o755 });
@@ -249,14 +438,15 @@ export class EmbeddedPostgres {
     await this.clearLeftover();
     if (!existsSync(join(this.dataDir, 'PG_VERSION'))) await this.initdb(bin, owner);
     for (let attempt = 1; ; attempt++) {
-      await this.choosePort();
+      if (!samePort) await this.choosePort();
+      else if (!(await portIsFree(this.port))) throw new EmbeddedPostgresError(`port ${this.port} is taken`);
       try {
         await this.spawnPostgres(bin, owner);
         break;
       } catch (e) {
         // Another program may take the port between the check and postgres binding it: try another one.
         const taken = this.tail.some((l) => /could not bind|Address already in use/.test(l));
-        if (!taken || attempt >= 3) throw e;
+        if (!taken || attempt >= 3 || samePort) throw e;
         this.log(`port ${this.port} was taken as postgres started: choosing another`);
         this.port = await freePort();
       }
@@ -353,7 +543,6 @@ export class EmbeddedPostgres {
       'unix_socket_directories=',
       ...(this.options.fast ? ['fsync=off', 'full_page_writes=off', 'synchronous_commit=off'] : []),
     ];
-    await writeFile(join(this.dir, 'owner.pid'), `${process.pid}\n`);
     this.tail.length = 0;
     // Detached: the postmaster leads its own process group, so a terminal's Ctrl-C does not reach it.
     const child = spawn(
@@ -409,13 +598,9 @@ export class EmbeddedPostgres {
     this.exited = exited;
     process.removeListener('exit', this.stopOnExit);
     process.on('exit', this.stopOnExit);
-    void exited.then(() => {
-      if (this.child !== child) return;
-      // Ended by someone else (an administrator, the OOM killer): a later start() starts it again.
-      this.log('postgres exited');
-      this.child = undefined;
-      this.exited = undefined;
-      process.removeListener('exit', this.stopOnExit);
+    child.once('exit', (code, sig) => {
+      // Ended by someone else (an administrator, the OOM killer, a crash) once it was up.
+      if (this.child === child && ready) this.lost(code === null ? `signal ${sig}` : `code ${code}`);
     });
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, rej) => {
@@ -482,6 +667,15 @@ export class EmbeddedPostgres {
     await writeFile(file, JSON.stringify(credentials), { mode: 0o600 });
     await chmod(file, 0o600);
     return credentials;
+  }
+}
+
+/** A signal to a process that may have exited meanwhile. */
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // Gone already.
   }
 }
 

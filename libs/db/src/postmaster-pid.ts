@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, readlink, realpath } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 
 /** What PostgreSQL writes to `postmaster.pid` in its data directory while it runs (one field a line). */
@@ -82,7 +82,12 @@ export async function lockHolder(pid: number, dataDir: string): Promise<LockHold
   }
   const program = argv[0] ?? '';
   const d = argv.indexOf('-D');
-  if (basename(program) === 'postgres' && d > 0 && argv[d + 1] === dataDir) {
+  // A postmaster works in its data directory: one started by hand (`pg_ctl start -D cluster`, a relative path, or
+  // PGDATA) is recognised by that, whatever its arguments.
+  if (
+    basename(program) === 'postgres' &&
+    ((d > 0 && argv[d + 1] === dataDir) || (await workingIn(pid, dataDir)))
+  ) {
     return { kind: 'postmaster', process: proc };
   }
   // A backend's title reads `postgres: …`; a postmaster keeps its argv.
@@ -94,6 +99,15 @@ export async function lockHolder(pid: number, dataDir: string): Promise<LockHold
     return { kind: 'other-postgres', process: proc };
   }
   return { kind: 'unrelated', process: proc };
+}
+
+async function workingIn(pid: number, dir: string): Promise<boolean> {
+  try {
+    const [cwd, wanted] = await Promise.all([readlink(`/proc/${pid}/cwd`), realpath(dir)]);
+    return cwd === wanted;
+  } catch {
+    return false;
+  }
 }
 
 /** Resolves true once the process has exited (or its pid names another process), false after `timeoutMs`. */
