@@ -53,7 +53,6 @@ describe('batched reads of blobs and manifests', () => {
     await storage.init();
     counted = new CountedStatements(t.pool);
     ({ uploads, blobs, manifests } = createRegistry({
-      db: t.db,
       statements: counted,
       storage,
       logger: pino({ level: 'silent' }),

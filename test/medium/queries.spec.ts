@@ -65,7 +65,6 @@ describe('the worked queries of docs/queries.md', () => {
     const storage = new FilesystemDriver(dataDir);
     await storage.init();
     ({ uploads, manifests } = createRegistry({
-      db: t.db,
       statements: new PreparedStatements(t.pool),
       storage,
       logger: pino({ level: 'silent' }),

@@ -36,7 +36,7 @@ const MiB = 1024 * 1024;
 
 interface Harness {
   readonly storage: BlobStorage;
-  /** Composes the way the registry does: inside a transaction when the driver is transactional. */
+  /** Composes the way the registry does: through composeThen, publishing nothing. */
   compose(key: string, parts: readonly string[]): Promise<void>;
   /** What a failed or abandoned operation may have left behind: temp files, incomplete or orphaned objects. */
   leftovers(): Promise<string[]>;
@@ -49,7 +49,7 @@ async function filesystemHarness(): Promise<Harness> {
   await storage.init();
   return {
     storage,
-    compose: (key, parts) => storage.compose(key, parts),
+    compose: (key, parts) => storage.composeThen(key, parts, () => Promise.resolve()),
     leftovers: async () => {
       // Anything below tmp/ but the per-process temp directories themselves: a partial file or composed directory.
       const tmp = join(root, 'tmp');
@@ -70,7 +70,7 @@ async function largeObjectHarness(): Promise<Harness> {
   await storage.init();
   return {
     storage,
-    compose: (key, parts) => t.db.transaction().execute((tx) => storage.compose(key, parts, tx)),
+    compose: (key, parts) => storage.composeThen(key, parts, () => Promise.resolve()),
     leftovers: async () => {
       const r = await sql<{ what: string }>`
         SELECT 'incomplete ' || key AS what FROM storage_objects WHERE NOT complete

@@ -41,7 +41,6 @@ describe('concurrent writes to one tag', () => {
     const storage = new FilesystemDriver(dataDir);
     await storage.init();
     registry = createRegistry({
-      db: t.db,
       statements: new PreparedStatements(t.pool),
       storage,
       logger: pino({ level: 'silent' }),

@@ -26,7 +26,6 @@ export class RegistryModule implements OnApplicationShutdown {
 
   static register(runtime: Runtime): DynamicModule {
     const registry = createRegistry({
-      db: runtime.db,
       statements: new PreparedStatements(runtime.pool),
       storage: runtime.storage,
       logger: runtime.logger,

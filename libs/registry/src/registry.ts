@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { Db, PreparedStatements } from '@strata/db';
+import type { PreparedStatements } from '@strata/db';
 import type { BlobStorage } from '@strata/storage';
 import { BlobService } from './blob.service';
 import { CatalogService } from './catalog.service';
@@ -14,7 +14,6 @@ import { UploadHashing } from './uploads/upload-hashing';
 import { type UploadOptions, UploadService } from './uploads/upload.service';
 
 export interface RegistryDependencies {
-  readonly db: Db;
   readonly statements: PreparedStatements;
   readonly storage: BlobStorage;
   readonly logger: Logger;
@@ -41,7 +40,6 @@ export function createRegistry(d: RegistryDependencies): Registry {
   const tagStore = new TagStore(d.statements);
   const hashing = new UploadHashing(uploadStore, d.storage, d.logger);
   const commits = new BlobCommits(
-    d.db,
     uploadStore,
     blobStore,
     d.storage,

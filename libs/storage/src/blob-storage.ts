@@ -37,8 +37,6 @@ export interface ObjectReader {
  */
 export interface BlobStorage {
   readonly driver: 'filesystem' | 'postgres';
-  /** True when bytes live in the database, so `compose` joins the caller's transaction. */
-  readonly transactional: boolean;
 
   /** Prepares the store (directories, tables); safe to call at every start. */
   init(): Promise<void>;
@@ -57,11 +55,27 @@ export interface BlobStorage {
   sync(keys: readonly string[]): Promise<void>;
 
   /**
+   * For a write asked for with `durable: false`: what to record beside it so that a later reader can tell whether
+   * its bytes may have been lost since (this machine's boot id), or null when this store makes every write
+   * durable anyway (then nothing is ever left to flush).
+   */
+  unsyncedMark(): string | null;
+
+  /**
    * Makes a new object at `key` whose bytes are `parts` concatenated in order, durable on return. The parts are
    * left as they are. Drivers that keep bytes in the database do it inside `tx`, so the object becomes visible
    * with the rows that commit with it.
    */
   compose(key: string, parts: readonly string[], tx?: Tx): Promise<void>;
+
+  /**
+   * Composes `parts` (none: an empty object) at `key` and runs `publish`, which commits the rows that name the new
+   * object, so that no row can name it before it is whole and durable: a store whose bytes live outside the
+   * database composes first and then publishes; one whose bytes live in it composes inside the transaction it
+   * hands to `publish`. Resolves with what `publish` returned. The caller removes the object if `publish` fails
+   * without having committed.
+   */
+  composeThen<T>(key: string, parts: readonly string[], publish: (tx?: Tx) => Promise<T>): Promise<T>;
 
   /** Streams the object, or the inclusive `range` of it. Rejects with code ENOENT when there is no object. */
   read(key: string, range?: ByteRange): Promise<Readable>;

@@ -23,7 +23,7 @@ import {
   type WriteOptions,
 } from './blob-storage';
 import { DIRECT_ALIGN, DirectAppender, directWritesWork } from './direct-io';
-import { nonce } from './paths';
+import { bootId, nonce } from './paths';
 import { streamed } from './reclaim';
 import { tempDirName, tempDirOwner } from './temp-owner';
 
@@ -84,7 +84,6 @@ interface Part {
 
 export class FilesystemDriver implements BlobStorage {
   readonly driver = 'filesystem' as const;
-  readonly transactional = false;
   private readonly tmp: string;
   /** Deferred flushes of objects written with `durable: false`, under way, by key. */
   private readonly flushing = new Map<string, Promise<void>>();
@@ -317,6 +316,17 @@ export class FilesystemDriver implements BlobStorage {
     }
   }
 
+  /** The boot id: a write left unflushed under another boot (the machine restarted since) may have lost bytes. */
+  unsyncedMark(): string | null {
+    return bootId();
+  }
+
+  async composeThen<T>(key: string, parts: readonly string[], publish: () => Promise<T>): Promise<T> {
+    if (parts.length === 0) await this.write(key, emptySource());
+    else await this.compose(key, parts);
+    return publish();
+  }
+
   async compose(key: string, parts: readonly string[]): Promise<void> {
     const target = this.path(key);
     const first = parts[0];
@@ -470,3 +480,5 @@ export class FilesystemDriver implements BlobStorage {
     await unlink(probe);
   }
 }
+
+async function* emptySource(): AsyncGenerator<Buffer> {}

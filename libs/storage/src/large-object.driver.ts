@@ -181,7 +181,6 @@ function int(n: number): string {
  */
 export class LargeObjectDriver implements BlobStorage {
   readonly driver = 'postgres' as const;
-  readonly transactional = true;
 
   /** Incomplete objects seen by `maintain`, with their large object's size and since when it was that size. */
   private readonly stalled = new Map<string, { readonly size: number; readonly since: number }>();
@@ -264,6 +263,18 @@ export class LargeObjectDriver implements BlobStorage {
       throw e;
     }
     return size;
+  }
+
+  /** Every write commits in PostgreSQL before it resolves: nothing is ever left to flush. */
+  unsyncedMark(): null {
+    return null;
+  }
+
+  async composeThen<T>(key: string, parts: readonly string[], publish: (tx: Tx) => Promise<T>): Promise<T> {
+    return this.db.transaction().execute(async (tx) => {
+      await this.compose(key, parts, tx);
+      return publish(tx);
+    });
   }
 
   async compose(key: string, parts: readonly string[], tx?: Tx): Promise<void> {

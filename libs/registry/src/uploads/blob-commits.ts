@@ -1,13 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
-import { Batcher, type Db, lostConflict, type Tx, type UploadRow } from '@strata/db';
+import { Batcher, lostConflict, type Tx, type UploadRow } from '@strata/db';
 import { nativeDigester, tapAsync } from '@strata/digest';
 import type { RequestMeta } from '@strata/events';
 import { type ParsedDigest, RegistryError } from '@strata/oci';
-import { type BlobStorage, blobKey, bootId } from '@strata/storage';
+import { type BlobStorage, blobKey } from '@strata/storage';
 import type { BlobStore, Publication, PublishOutcome } from '../stores/blob.store';
 import type { Chunk, UploadStore } from '../stores/upload.store';
-import { emptyIterable, readHead } from './body';
+import { readHead } from './body';
 import type { UploadHashing } from './upload-hashing';
 
 export interface CommittedBlob {
@@ -52,7 +52,6 @@ export class BlobCommits {
   );
 
   constructor(
-    private readonly db: Db,
     private readonly uploads: UploadStore,
     private readonly blobs: BlobStore,
     private readonly storage: BlobStorage,
@@ -209,7 +208,9 @@ export class BlobCommits {
         } else {
           const composed = blobKey(hex);
           key = composed;
-          outcome = await this.compose(
+          // Whole and durable before the row naming it commits, inside its transaction where the bytes live in
+          // the database.
+          outcome = await this.storage.composeThen(
             composed,
             chunks.map((c) => c.storage_key),
             (tx) => this.publishOne({ ...base, key: composed }, tx),
@@ -237,30 +238,6 @@ export class BlobCommits {
       ...(created || key === null ? [] : [key]),
     ]);
     return { digest, size };
-  }
-
-  /**
-   * Makes the blob at `key` from `parts` and publishes it, so that the bytes are complete before the row naming
-   * them commits: a driver whose bytes live outside the database composes first; one whose bytes live in it
-   * composes inside the publishing transaction.
-   */
-  private async compose(
-    key: string,
-    parts: readonly string[],
-    publish: (tx?: Tx) => Promise<PublishOutcome>,
-  ): Promise<PublishOutcome> {
-    if (parts.length === 0) {
-      await this.storage.write(key, emptyIterable());
-      return publish();
-    }
-    if (!this.storage.transactional) {
-      await this.storage.compose(key, parts);
-      return publish();
-    }
-    return this.db.transaction().execute(async (tx) => {
-      await this.storage.compose(key, parts, tx);
-      return publish(tx);
-    });
   }
 
   private async publishOne(p: Publication, tx?: Tx): Promise<PublishOutcome> {
@@ -342,8 +319,8 @@ export class BlobCommits {
         reason: 'the bytes of a chunk of this upload were lost; start the upload again',
       });
     }
-    const boot = bootId();
-    return unsynced.every((c) => c.unsynced_boot === boot);
+    const mark = this.storage.unsyncedMark();
+    return unsynced.every((c) => c.unsynced_boot === mark);
   }
 
   /** Removes a blob's bytes after its commit failed, unless the failure hid a commit that names them. */

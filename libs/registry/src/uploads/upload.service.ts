@@ -4,7 +4,7 @@ import { Batcher, type UploadRow } from '@strata/db';
 import { tapAsync, type WorkerDigester } from '@strata/digest';
 import type { RequestMeta } from '@strata/events';
 import { parseDigest, RegistryError } from '@strata/oci';
-import { type BlobStorage, bootId, chunkKey } from '@strata/storage';
+import { type BlobStorage, chunkKey } from '@strata/storage';
 import type { RepositoryStore } from '../stores/repository.store';
 import type { NewUpload, UploadStore } from '../stores/upload.store';
 import { type BlobCommits, type CommittedBlob, rangeError } from './blob-commits';
@@ -111,8 +111,7 @@ export class UploadService {
     const native = this.hashing.forChunk(row.id, offset);
     // The chunk is answered once its bytes are written; their flush to disk finishes in the background, and the
     // commit makes sure of it before the blob becomes visible (`BlobCommits.syncChunks`).
-    const unsyncedBoot =
-      this.storage.transactional || this.options.deferChunkSync === false ? null : bootId();
+    const unsyncedBoot = this.options.deferChunkSync === false ? null : this.storage.unsyncedMark();
     let kept = false;
     try {
       const key = chunkKey(row.id, offset);
