@@ -307,7 +307,7 @@ export class EmbeddedPostgres {
         });
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e;
-        const owner = Number(await readFile(join(this.dir, 'owner.pid'), 'utf8').catch(() => ''));
+        const owner = await this.currentOwner();
         throw new EmbeddedPostgresError(
           `it is in use by ${owner > 0 ? `process ${owner}` : 'another process'}; one process per data directory on the embedded database`,
         );
@@ -317,6 +317,15 @@ export class EmbeddedPostgres {
     }
     this.owned = true;
     await writeFile(join(this.dir, 'owner.pid'), `${process.pid}\n`);
+  }
+
+  /** The pid in owner.pid, given a moment to be written by a holder that has just taken the lock; 0 if none. */
+  private async currentOwner(): Promise<number> {
+    for (let i = 0; ; i++) {
+      const pid = Number(await readFile(join(this.dir, 'owner.pid'), 'utf8').catch(() => ''));
+      if ((pid > 0 && pid !== process.pid && (await liveProcess(pid))) || i >= 20) return pid > 0 ? pid : 0;
+      await new Promise((r) => setTimeout(r, 50));
+    }
   }
 
   private releaseLock(): void {
