@@ -118,7 +118,7 @@ async function filesUnder(dir: string): Promise<string[]> {
     expect(Number(res.headers.get('retry-after'))).toBeGreaterThan(0);
     const body = (await res.json()) as { errors: { code: string; detail: unknown }[] };
     expect(body.errors.map((e) => e.code)).toEqual(['UNAVAILABLE']);
-    expect(String(body.errors[0]!.detail)).toMatch(/out of storage space/);
+    expect(JSON.stringify(body.errors[0]!.detail)).toMatch(/out of storage space/);
     expect((await fetch(`${server.url}/v2/full/mono/blobs/${digest}`, { method: 'HEAD' })).status).toBe(404);
     // Nothing written of it is kept: no blob, no partial file.
     expect(await filesUnder(join(mount, 'storage'))).toEqual([]);
