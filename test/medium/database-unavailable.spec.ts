@@ -3,6 +3,7 @@ import { type AddressInfo, connect, createServer as createNetServer, type Socket
 import pg from 'pg';
 import { createPool } from '@strata/db';
 import { toRegistryError } from '../../apps/registry/src/http/oci-exception.filter';
+import { errorHeaders } from '../../apps/registry/src/http/error-headers';
 import { createTestDatabase, type TestDatabase } from '../support/test-database';
 
 /** The error `run` fails with. */
@@ -37,7 +38,7 @@ describe('database failures are answered 503 UNAVAILABLE, to be retried, not 500
 
   const expectUnavailable = (e: unknown): void => {
     const r = toRegistryError(e);
-    expect({ status: r.status, code: r.code, retry: r.headers?.['Retry-After'] }).toEqual({
+    expect({ status: r.status, code: r.code, retry: errorHeaders(r)['Retry-After'] }).toEqual({
       status: 503,
       code: 'UNAVAILABLE',
       retry: '1',

@@ -95,11 +95,14 @@ export class RegistryError extends Error {
   readonly code: string;
   readonly status: number;
 
+  /**
+   * `detail` is what clients are told beside the code. What a response must also carry in headers (`Range` and
+   * `Location` on an upload's 416, `Retry-After` on a 503) is derived from it by the HTTP layer
+   * (apps/registry/src/http/error-headers.ts), so the domain knows nothing of HTTP.
+   */
   constructor(
     readonly name_: ErrorName,
     readonly detail?: unknown,
-    /** Headers the response must carry, such as `Range` on a 416. */
-    readonly headers?: Readonly<Record<string, string>>,
   ) {
     const entry = ERROR_TABLE[name_];
     super(typeof detail === 'string' ? `${entry.message}: ${detail}` : entry.message);

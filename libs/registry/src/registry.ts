@@ -39,14 +39,7 @@ export function createRegistry(d: RegistryDependencies): Registry {
   const manifestStore = new ManifestStore(d.statements);
   const tagStore = new TagStore(d.statements);
   const hashing = new UploadHashing(uploadStore, d.storage, d.logger);
-  const commits = new BlobCommits(
-    uploadStore,
-    blobStore,
-    d.storage,
-    hashing,
-    d.logger,
-    options.inlineMax,
-  );
+  const commits = new BlobCommits(uploadStore, blobStore, d.storage, hashing, d.logger, options.inlineMax);
   const uploads = new UploadService(
     uploadStore,
     repositories,

@@ -3,6 +3,7 @@ import type { Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { RegistryError } from '@strata/oci';
+import { errorHeaders } from './error-headers';
 
 export interface ConnectionLimits {
   /** Connections served at once; the next ones are answered 503, or closed at accept past `REFUSED_MAX` more. */
@@ -289,10 +290,10 @@ export function cutForIdling(socket: Socket | null | undefined): boolean {
 
 /** The answer to a request on a connection beyond a limit: 503, Retry-After, the envelope, then the close. */
 export function refusal(): { status: number; headers: Record<string, string>; body: string } {
-  const e = new RegistryError('UNAVAILABLE', 'too many connections; try again', { 'Retry-After': '1' });
+  const e = new RegistryError('UNAVAILABLE', { reason: 'too many connections; try again', retryAfter: 1 });
   return {
     status: e.status,
-    headers: { ...e.headers, Connection: 'close', 'Content-Type': 'application/json; charset=utf-8' },
+    headers: { ...errorHeaders(e), Connection: 'close', 'Content-Type': 'application/json; charset=utf-8' },
     body: JSON.stringify(e.toEnvelope()),
   };
 }

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { type ErrorName, RegistryError } from '@strata/oci';
 import { discardBody, requestBody } from './body';
 import { cutForIdling } from './connection-guard';
+import { errorHeaders } from './error-headers';
 
 /** Maps what the HTTP framework throws (unknown routes, bad requests) onto the error table. */
 function fromHttpStatus(status: number): ErrorName {
@@ -78,16 +79,20 @@ export function storageFull(error: unknown): boolean {
  * How long a client is asked to wait after a full disk: space comes back when an operator frees it or a job
  * expires old uploads, not within the second a database restart takes.
  */
-const STORAGE_FULL_RETRY_AFTER = '30';
+const STORAGE_FULL_RETRY_AFTER = 30;
 
 export function toRegistryError(error: unknown): RegistryError {
   if (error instanceof RegistryError) return error;
   if (databaseUnavailable(error)) {
-    return new RegistryError('UNAVAILABLE', 'the database is unavailable; try again', { 'Retry-After': '1' });
+    return new RegistryError('UNAVAILABLE', {
+      reason: 'the database is unavailable; try again',
+      retryAfter: 1,
+    });
   }
   if (storageFull(error)) {
-    return new RegistryError('UNAVAILABLE', 'the registry is out of storage space; try again later', {
-      'Retry-After': STORAGE_FULL_RETRY_AFTER,
+    return new RegistryError('UNAVAILABLE', {
+      reason: 'the registry is out of storage space; try again later',
+      retryAfter: STORAGE_FULL_RETRY_AFTER,
     });
   }
   if (error instanceof HttpException)
@@ -158,7 +163,7 @@ export function sendError(
     return;
   }
   reply.code(e.status);
-  for (const [k, v] of Object.entries(e.headers ?? {})) reply.header(k, v);
+  for (const [k, v] of Object.entries(errorHeaders(e))) reply.header(k, v);
   // A body still arriving when the answer is an error is read to a bound and thrown away (discardBody), so its
   // client sees the answer rather than a reset, and the connection serves the next request.
   if (requestBody(request) !== null && !request.raw.complete) discardBody(request);

@@ -50,11 +50,7 @@ export class BlobsController {
       ETag: `"${blob.digest}"`,
     };
     if (range === 'unsatisfiable') {
-      throw new RegistryError(
-        'RANGE_INVALID',
-        { size: blob.size },
-        { 'Content-Range': `bytes */${blob.size}` },
-      );
+      throw new RegistryError('RANGE_INVALID', { size: blob.size });
     }
     if (blob.size === 0) {
       await reply

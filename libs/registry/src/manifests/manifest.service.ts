@@ -61,8 +61,9 @@ async function retryConflicts<T>(write: () => Promise<T>): Promise<T> {
 }
 
 function contended(what: string): RegistryError {
-  return new RegistryError('UNAVAILABLE', `${what} kept being deleted concurrently; try again`, {
-    'Retry-After': '1',
+  return new RegistryError('UNAVAILABLE', {
+    reason: `${what} kept being deleted concurrently; try again`,
+    retryAfter: 1,
   });
 }
 

@@ -26,17 +26,12 @@ export function uploadRange(size: number): string {
   return `0-${Math.max(size - 1, 0)}`;
 }
 
-/** The answer to a chunk or commit that does not start where the upload is: 416 with the upload's range. */
+/**
+ * The answer to a chunk or commit that does not start where the upload is: 416, telling the upload's size (the
+ * HTTP layer adds its Location and Range).
+ */
 export function rangeError(repository: string, id: string, size: number): RegistryError {
-  return new RegistryError(
-    'RANGE_INVALID',
-    { upload: id, size },
-    {
-      Location: `/v2/${repository}/blobs/uploads/${id}`,
-      Range: uploadRange(size),
-      'Docker-Upload-UUID': id,
-    },
-  );
+  return new RegistryError('RANGE_INVALID', { repository, upload: id, size });
 }
 
 /**
