@@ -2,12 +2,18 @@ import type { FastifyRequest } from 'fastify';
 import { RegistryError } from '@strata/oci';
 import type { ContentRange } from '@strata/registry';
 
-/** The request body as a stream, never buffered; null when the request has none. */
+/**
+ * The request body as a stream, never buffered; null when the request has none. A reader that stops early (an
+ * error while storing the bytes, a size limit) leaves the request as it is, paused, rather than destroying it:
+ * a destroyed request takes its socket with it, so the answer would go out and the connection be reset under it,
+ * and the client's next request on it would fail. The error filter then discards the rest (`discardBody`).
+ */
 export function requestBody(req: FastifyRequest): AsyncIterable<Buffer> | null {
   const length = req.headers['content-length'];
   const chunked = req.headers['transfer-encoding'] !== undefined;
   if (!chunked && (length === undefined || length === '0')) return null;
-  return req.raw;
+  const raw = req.raw;
+  return { [Symbol.asyncIterator]: () => raw.iterator({ destroyOnReturn: false }) as AsyncIterator<Buffer> };
 }
 
 /**
