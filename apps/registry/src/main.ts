@@ -1,14 +1,14 @@
 #!/usr/bin/env node
-import './threadpool';
 import 'reflect-metadata';
 import type { NestFastifyApplication } from '@nestjs/platform-fastify';
 import { createPool, migrate } from '@strata/db';
-import { collectWhenQuiet, FilesystemDriver } from '@strata/storage';
+import { FilesystemDriver } from '@strata/storage';
 import { ConfigError, loadConfig, type Config } from './config/config';
 import { createApp } from './http/create-app';
 import { runSql } from './cli/sql.command';
 import { createLogger } from './http/logger';
 import { reloadOnHangup, warnIfExposed } from './http/tls';
+import { installTuning } from './tuning';
 import { startDatabase, startRuntime, stopRuntime } from './runtime';
 
 const USAGE = `usage: strata [serve | migrate | verify-config | sql [psql arguments]]
@@ -68,8 +68,6 @@ async function serve(config: Config): Promise<void> {
   }
   // Identity (issue 13) will pass whether authentication is on.
   warnIfExposed(logger, { host: config.host, port: config.port, tls: config.tls !== null, auth: false });
-  // Memory a burst of requests grew is handed back once it is over, not kept until the next one.
-  collectWhenQuiet();
   logger.info(
     {
       host: config.host,
@@ -160,6 +158,7 @@ async function main(argv: string[]): Promise<void> {
   const command = argv[0] ?? 'serve';
   switch (command) {
     case 'serve':
+      installTuning();
       return serve(configOrExit());
     case 'migrate':
       return runMigrate(configOrExit());

@@ -1,6 +1,5 @@
 import { constants } from 'node:fs';
 import { type FileHandle, open, rm } from 'node:fs/promises';
-import { onQuiet } from './reclaim';
 
 /**
  * Direct I/O (O_DIRECT) for the bulk of large writes.
@@ -103,7 +102,6 @@ export function directBuffersHeld(): number {
 export function releaseIdleDirectBuffers(): void {
   pool.releaseIdle();
 }
-onQuiet(releaseIdleDirectBuffers);
 
 /**
  * True when files under `dir` accept O_DIRECT writes from pooled buffers. False when anything in the way fails:

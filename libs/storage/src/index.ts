@@ -3,4 +3,4 @@ export * from './filesystem.driver';
 export * from './large-object.driver';
 export * from './paths';
 export { directBuffersLent } from './direct-io';
-export { collectWhenQuiet } from './reclaim';
+export { startReclaim } from './memory';

@@ -10,14 +10,23 @@ type Collect = (options?: { type: 'minor' }) => void;
 // A body arrives as 64 KiB socket buffers that die at once. V8 counts them as external memory and collects
 // them only after about 64 MiB have piled up, while the young generation grows to its limit: together some
 // 50 MiB of peak RSS per busy upload. A scavenge of a young generation that is nearly all garbage takes well
-// under a millisecond, so one every 16 MiB keeps both small. `gc` is exposed to a fresh context only.
-setFlagsFromString('--expose-gc');
-const collect = runInNewContext('gc') as Collect;
+// under a millisecond, so one every 16 MiB keeps both small. `gc` is exposed to a fresh context only, and only once
+// the registry's start-up asks for it (`startReclaim`); until then (tests, tools) streaming collects nothing.
+let collect: Collect | null = null;
+
+function enableCollections(): Collect {
+  if (!collect) {
+    setFlagsFromString('--expose-gc');
+    collect = runInNewContext('gc') as Collect;
+  }
+  return collect;
+}
 
 let since = 0;
 
 /** Notes `bytes` streamed through; now and then collects the short-lived buffers they came in. */
 export function streamed(bytes: number): void {
+  if (!collect) return;
   since += bytes;
   if (since < EVERY) return;
   since = 0;
@@ -29,18 +38,14 @@ const QUIET_CHECK_MS = 1000;
 /** Below this share of the last interval spent busy, the process counts as quiet. */
 const QUIET_UTILIZATION = 0.02;
 
-const quietHooks: (() => void)[] = [];
-
-/** Runs `release` whenever the process goes quiet after a burst, just before the full collection. */
-export function onQuiet(release: () => void): void {
-  quietHooks.push(release);
-}
-
 /**
- * After a burst of work, once the process has gone quiet, runs one full collection so the heap the burst grew is
- * handed back rather than kept until the next burst finds it. Returns a function that stops it.
+ * Installs the collections: young-generation ones as bytes stream through, and after a burst of work, once the
+ * process has gone quiet, `release` (pools handing back what they keep) and one full collection, so the heap the
+ * burst grew is handed back rather than kept until the next burst finds it. Returns a function that stops the
+ * quiet collector.
  */
-export function collectWhenQuiet(): () => void {
+export function collectWhenQuiet(release: () => void): () => void {
+  const collect = enableCollections();
   let busy = false;
   let last = performance.eventLoopUtilization();
   const timer = setInterval(() => {
@@ -50,7 +55,7 @@ export function collectWhenQuiet(): () => void {
     if (utilization > QUIET_UTILIZATION) busy = true;
     else if (busy) {
       busy = false;
-      for (const release of quietHooks) release();
+      release();
       collect();
     }
   }, QUIET_CHECK_MS);
