@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { databaseUnavailable } from '../http/oci-exception.filter';
+import { databaseUnavailable } from '@strata/db';
 
 /**
  * Runs one step of a job, so a failure of one step does not skip the others. A database that is away (a restart,
