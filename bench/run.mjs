@@ -188,9 +188,39 @@ const LO_METRICS = [
     fmt: 2,
   },
   { key: 'peakRssMiB', label: 'STRATA_STORAGE=postgres server peak RSS, VmHWM (MiB)', limit: 150, fmt: 0 },
+  {
+    key: 'raceSec',
+    label: `skopeo push race: 2 identical pushes at once of a new ~${Math.round((2 * SIZES.layerSize) / 1e6)} MB image, STRATA_STORAGE=postgres (s)`,
+    info: true,
+    fmt: 2,
+  },
+  // After the pushes, the race and one run of BlobStorage.maintain (vacuumlo's rule, then VACUUM): the bytes
+  // PostgreSQL holds for large objects against the bytes of the large objects a blob references.
+  {
+    key: 'loMB',
+    over: 'liveMB',
+    label:
+      'pg_largeobject after maintenance (heap + index, MB; live: bytes of the large objects blobs reference)',
+    limit: 1.2,
+    fmt: 0,
+  },
+  {
+    key: 'dbMB',
+    over: 'liveMB',
+    label: 'whole database after maintenance (MB; vs live)',
+    info: true,
+    fmt: 0,
+  },
+  {
+    key: 'loBeforeMB',
+    over: 'liveMB',
+    label: 'pg_largeobject before maintenance (MB; vs live)',
+    info: true,
+    fmt: 0,
+  },
 ];
 /** The workloads the large-object Strata runs. */
-const LO_WORKLOADS = new Set(['skopeo push', 'skopeo pull']);
+const LO_WORKLOADS = new Set(['skopeo push', 'skopeo pull', 'skopeo race and storage size']);
 
 // workload name → function and the metric keys it yields (a failure marks all of them).
 const ALL_WORKLOADS = [
@@ -207,6 +237,22 @@ const ALL_WORKLOADS = [
   },
   { name: 'skopeo push', fn: W.skopeoPush, repeat: true, keys: ['skopeoPushSec'] },
   { name: 'skopeo pull', fn: W.skopeoPull, repeat: true, keys: ['skopeoPullSec'] },
+  {
+    name: 'skopeo race and storage size',
+    fn: W.storageSize,
+    loOnly: true,
+    keys: [
+      'raceSec',
+      'liveMB',
+      'loMB',
+      'dbMB',
+      'loBeforeMB',
+      'maintainSec',
+      'orphans',
+      'vacuumed',
+      'deadRows',
+    ],
+  },
 ];
 
 const ONLY = (process.env.BENCH_ONLY ?? '')
@@ -271,9 +317,13 @@ async function prepare(tmp) {
       await buildOciLayout(join(tmp, `image-${i}`), { layers: SIZES.layers, layerSize: SIZES.layerSize }),
     );
   }
+  // The race's own image (new layers: skopeo would otherwise mount the pushed ones from its blob-info cache).
+  const race = SERVERS.some((n) => n.startsWith('strata-lo'))
+    ? await buildOciLayout(join(tmp, 'image-race'), { layers: 2, layerSize: SIZES.layerSize })
+    : null;
   const policy = join(tmp, 'policy.json');
   writeFileSync(policy, JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }));
-  return { tmp, files, smallBlobs, sizes: SIZES, skopeo: { layouts, policy } };
+  return { tmp, files, smallBlobs, sizes: SIZES, skopeo: { layouts, race, policy } };
 }
 
 /** Starts one server; a server that does not start gets every metric as an error. */
@@ -288,6 +338,7 @@ async function openServer(name, ctx) {
   };
   const dir = join(ctx.tmp, name);
   mkdirSync(dir, { recursive: true });
+  state.root = name === 'strata-lo-base' ? resolve(LO_BASE) : ROOT;
   state.close = async () => {
     const { server, db } = state;
     state.server = undefined;
@@ -302,7 +353,7 @@ async function openServer(name, ctx) {
       state.db = await createBenchDatabase();
       log(`database ${state.db.name}`);
       state.server = await startStrata({
-        root: name === 'strata-lo-base' ? resolve(LO_BASE) : ROOT,
+        root: state.root,
         dir,
         db: state.db,
         log,
@@ -324,6 +375,7 @@ async function openServer(name, ctx) {
 async function runWorkload(state, w, ctx, rep) {
   const { name, server, result } = state;
   if (name.startsWith('strata-lo') && !LO_WORKLOADS.has(w.name)) return;
+  if (w.loOnly && !name.startsWith('strata-lo')) return;
   if (!server || w.keys.some((k) => result.errors[k])) return;
   if (server.child.exitCode !== null || server.child.signalCode !== null) {
     for (const k of w.keys)
@@ -338,7 +390,7 @@ async function runWorkload(state, w, ctx, rep) {
   const what = `${name}: ${w.name}${rep === undefined ? '' : ` #${rep + 1}`}`;
   log(`${what} …`);
   try {
-    const out = await w.fn(server, ctx, rep);
+    const out = await w.fn(server, ctx, rep, { root: state.root });
     const parts = out.parts ? Object.entries(out.parts).map(([k, v]) => [w.parts[k], v]) : [[w.name, out]];
     for (const [label, part] of parts) {
       for (const [k, v] of Object.entries(part.metrics)) (state.samples[k] ??= []).push(v);
@@ -440,7 +492,24 @@ function table(results) {
       let ratio;
       let verdict;
       let target;
-      if (m.limit !== undefined) {
+      if (m.over) {
+        const live = lo.metrics[m.over];
+        target = m.info ? '—' : `≤ ${m.limit}×`;
+        const r = ok(b) && ok(live) ? b / live : undefined;
+        ratio = r === undefined ? '—' : `${r.toFixed(2)}× (of live)`;
+        if (lo.errors[m.key]) verdict = 'error';
+        else if (r === undefined) verdict = 'n/a';
+        else verdict = m.info ? 'info' : r <= m.limit ? 'pass' : '**FAIL**';
+        rows.push(
+          `| ${cell(m.label)} | ${ok(live) ? `live ${fmtNum(live, m.fmt)}` : '—'} | ${cell(show(lo))} | ${ratio} | ${target} | ${verdict} |`,
+        );
+        continue;
+      }
+      if (m.info) {
+        target = '—';
+        verdict = lo.errors[m.key] ? 'error' : ok(b) ? 'info' : 'n/a';
+        ratio = '—';
+      } else if (m.limit !== undefined) {
         target = `≤ ${m.limit}`;
         verdict = lo.errors[m.key] ? 'error' : !ok(b) ? 'n/a' : b <= m.limit ? 'pass' : '**FAIL**';
         ratio = '—';
@@ -453,7 +522,7 @@ function table(results) {
         else verdict = r >= m.target ? 'pass' : '**FAIL**';
       }
       rows.push(
-        `| ${cell(m.label)} | ${m.limit !== undefined ? '—' : cell(show(str))} | ${cell(show(lo))} | ${ratio} | ${target} | ${verdict} |`,
+        `| ${cell(m.label)} | ${m.limit !== undefined || m.info ? '—' : cell(show(str))} | ${cell(show(lo))} | ${ratio} | ${target} | ${verdict} |`,
       );
     }
   }

@@ -1,6 +1,7 @@
 // The workloads, each run the same way against either server. Every workload returns
 // { metrics: { key: number }, profile } where profile covers only the timed part.
 import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, existsSync, rmSync } from 'node:fs';
 import http from 'node:http';
@@ -417,5 +418,96 @@ export async function skopeoPull(server, ctx, rep) {
     return { metrics: { skopeoPullSec: seconds }, profile: p };
   } finally {
     rmSync(out, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Large-object Strata only, after its skopeo rounds: `racers` identical pushes of a new image at once, into one
+ * repository (each client finds the blobs missing and uploads them, so every write but one is discarded; the
+ * first run's image, since later runs find its blobs),
+ * then one run of the storage maintenance, then the database's large-object bytes against the live ones. The
+ * maintenance is the driver's own `maintain()` (what the storage-maintenance job calls, without its job lock and
+ * event), loaded from the server's build and run on a pool of its own: the bench server runs with STRATA_JOBS=false,
+ * and waiting for the job's interval would only add time.
+ */
+export async function storageSize(server, ctx, _rep, { root, racers = 2 }) {
+  const layout = ctx.skopeo.race;
+  const race = await timed(server, () =>
+    Promise.all(
+      Array.from({ length: racers }, () =>
+        runSkopeo([
+          'copy',
+          '--quiet',
+          '--policy',
+          ctx.skopeo.policy,
+          '--preserve-digests',
+          '--dest-tls-verify=false',
+          `oci:${layout.dir}:latest`,
+          `docker://127.0.0.1:${server.port}/bench/race:latest`,
+        ]),
+      ),
+    ),
+  );
+  const require = createRequire(join(root, 'package.json'));
+  const { createDb } = require(join(root, 'dist/libs/db/src'));
+  const { LargeObjectDriver } = require(join(root, 'dist/libs/storage/src/large-object.driver.js'));
+  const pg = require('pg');
+  const pool = new pg.Pool({ connectionString: server.db.url, max: 4 });
+  const db = createDb(pool);
+  try {
+    const sizes = async () => {
+      const r = await pool.query(`
+        WITH named AS (
+          SELECT o.loid, o.size FROM storage_objects o JOIN blobs b ON b.storage_key = o.key WHERE o.loid IS NOT NULL
+          UNION
+          SELECT p.loid, p.size FROM storage_objects o JOIN blobs b ON b.storage_key = o.key,
+            unnest(o.parts, o.part_sizes) AS p(loid, size)
+        )
+        , every AS (
+          SELECT loid, size FROM storage_objects WHERE loid IS NOT NULL
+          UNION
+          SELECT p.loid, p.size FROM storage_objects o, unnest(o.parts, o.part_sizes) AS p(loid, size)
+        )
+        SELECT (SELECT coalesce(sum(size), 0) FROM named)::float8 AS live,
+          (SELECT coalesce(sum(size), 0) FROM every)::float8 AS stored,
+          (SELECT count(*) FROM pg_largeobject_metadata)::float8 AS objects,
+          pg_total_relation_size('pg_largeobject')::float8 AS lo,
+          pg_database_size(current_database())::float8 AS db`);
+      return r.rows[0];
+    };
+    // Backends report their dead rows to the statistics maintain() reads about a second after their last
+    // statement: wait for the count to settle, as a job running later would see it.
+    let dead = -1;
+    for (let i = 0; i < 20; i++) {
+      const r = await pool.query(
+        `SELECT n_dead_tup::float8 AS n FROM pg_stat_all_tables WHERE relid = 'pg_largeobject'::regclass`,
+      );
+      if (r.rows[0].n === dead) break;
+      dead = r.rows[0].n;
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+    }
+    const before = await sizes();
+    const t0 = performance.now();
+    const report = await new LargeObjectDriver(db).maintain();
+    const maintainSec = (performance.now() - t0) / 1000;
+    const after = await sizes();
+    return {
+      metrics: {
+        raceSec: race.seconds,
+        liveMB: after.live / 1e6,
+        storedMB: after.stored / 1e6,
+        objects: after.objects,
+        loMB: after.lo / 1e6,
+        dbMB: after.db / 1e6,
+        loBeforeMB: before.lo / 1e6,
+        maintainSec,
+        orphans: report.orphans,
+        vacuumed: report.vacuumed.length,
+        deadRows: dead,
+      },
+      profile: race.profile,
+    };
+  } finally {
+    await db.destroy();
   }
 }
