@@ -42,8 +42,20 @@ const text = (s: string): Buffer[] => {
   return [int32(b.length), b];
 };
 
-// Parse (unnamed statement, types inferred), and after the Bind: Execute (unnamed portal, every row), Sync.
-const PARSE = message('P', [Buffer.from([0]), STATEMENT, int16(0)]);
+/**
+ * Each connection parses and plans the statement once, under this name, not once per slice. A connection whose
+ * statement failed parses it again, after closing any it holds (closing a name that does not exist is no error), so
+ * a failed Parse is never mistaken for a prepared statement.
+ */
+const NAME = Buffer.from('strata_lo_put\0', 'latin1');
+const prepared = new WeakSet<PgConnection>();
+
+// Close and Parse (named statement, types inferred) when the connection lacks it; after the Bind: Execute (unnamed
+// portal, every row), Sync.
+const PREPARE = Buffer.concat([
+  message('C', [Buffer.from('S', 'latin1'), NAME]),
+  message('P', [NAME, STATEMENT, int16(0)]),
+]);
 const AFTER_BIND = Buffer.concat([int16(0), message('E', [Buffer.from([0]), int32(0)]), message('S', [])]);
 
 /**
@@ -56,6 +68,7 @@ class LoPutQuery implements PromiseLike<{ command: string; rowCount: number; row
   private readonly done: Promise<{ command: string; rowCount: number; rows: never[] }>;
   private settle!: (error: Error | null) => void;
   private failed: Error | null = null;
+  private connection: PgConnection | null = null;
 
   constructor(
     private readonly loid: number,
@@ -74,15 +87,20 @@ class LoPutQuery implements PromiseLike<{ command: string; rowCount: number; row
   }
 
   submit(connection: PgConnection): void {
+    this.connection = connection;
     const size = this.bytes.reduce((n, b) => n + b.length, 0);
     const loid = text(String(this.loid));
     const offset = text(String(this.offset));
-    // Bind: unnamed portal and statement; formats text, text, binary; three values; then (AFTER_BIND) results as text.
-    const bindBody = [Buffer.from([0, 0]), int16(3, 0, 0, 1), int16(3), ...loid, ...offset, int32(size)];
+    // Bind: unnamed portal, the named statement; formats text, text, binary; three values; then (AFTER_BIND)
+    // results as text.
+    const bindBody = [Buffer.from([0]), NAME, int16(3, 0, 0, 1), int16(3), ...loid, ...offset, int32(size)];
     const bindLength = bindBody.reduce((n, b) => n + b.length, 4) + size + 2;
     const stream = connection.stream;
     stream.cork();
-    stream.write(PARSE);
+    if (!prepared.has(connection)) {
+      stream.write(PREPARE);
+      prepared.add(connection);
+    }
     stream.write(Buffer.concat([Buffer.from('B', 'latin1'), int32(bindLength), ...bindBody]));
     for (const b of this.bytes) stream.write(b);
     stream.write(AFTER_BIND);
@@ -90,6 +108,7 @@ class LoPutQuery implements PromiseLike<{ command: string; rowCount: number; row
   }
 
   handleError(error: Error): void {
+    if (this.connection) prepared.delete(this.connection);
     this.settle(error);
   }
 
