@@ -374,21 +374,23 @@ function runSkopeo(args, timeoutMs = 300_000) {
 
 // --preserve-digests and --dest-oci-accept-uncompressed-layers keep skopeo from gzip-compressing the random,
 // uncompressed layers on the way (it would otherwise spend its time in gzip, not in the registry).
+function skopeoCopy(ctx, args) {
+  return runSkopeo(['copy', '--quiet', '--policy', ctx.skopeo.policy, '--preserve-digests', ...args]);
+}
+
+/** The image of an OCI layout pushed to `bench/<repository>:latest` on the server. */
+function pushLayout(server, ctx, layout, repository) {
+  return skopeoCopy(ctx, [
+    '--dest-tls-verify=false',
+    `oci:${layout.dir}:latest`,
+    `docker://127.0.0.1:${server.port}/bench/${repository}:latest`,
+  ]);
+}
+
 // Each push repetition pushes a different image (its own random layers) to its own repository.
 export async function skopeoPush(server, ctx, rep) {
   const layout = ctx.skopeo.layouts[rep];
-  const { seconds, profile: p } = await timed(server, () =>
-    runSkopeo([
-      'copy',
-      '--quiet',
-      '--policy',
-      ctx.skopeo.policy,
-      '--preserve-digests',
-      '--dest-tls-verify=false',
-      `oci:${layout.dir}:latest`,
-      `docker://127.0.0.1:${server.port}/bench/img-${rep}:latest`,
-    ]),
-  );
+  const { seconds, profile: p } = await timed(server, () => pushLayout(server, ctx, layout, `img-${rep}`));
   return { metrics: { skopeoPushSec: seconds }, profile: p };
 }
 
@@ -400,12 +402,7 @@ export async function skopeoPull(server, ctx, rep) {
   rmSync(out, { recursive: true, force: true });
   try {
     const { seconds, profile: p } = await timed(server, () =>
-      runSkopeo([
-        'copy',
-        '--quiet',
-        '--policy',
-        ctx.skopeo.policy,
-        '--preserve-digests',
+      skopeoCopy(ctx, [
         '--dest-oci-accept-uncompressed-layers',
         '--src-tls-verify=false',
         `docker://127.0.0.1:${server.port}/bench/img-${i}:latest`,
@@ -433,20 +430,7 @@ export async function skopeoPull(server, ctx, rep) {
 export async function storageSize(server, ctx, _rep, { root, racers = 2 }) {
   const layout = ctx.skopeo.race;
   const race = await timed(server, () =>
-    Promise.all(
-      Array.from({ length: racers }, () =>
-        runSkopeo([
-          'copy',
-          '--quiet',
-          '--policy',
-          ctx.skopeo.policy,
-          '--preserve-digests',
-          '--dest-tls-verify=false',
-          `oci:${layout.dir}:latest`,
-          `docker://127.0.0.1:${server.port}/bench/race:latest`,
-        ]),
-      ),
-    ),
+    Promise.all(Array.from({ length: racers }, () => pushLayout(server, ctx, layout, 'race'))),
   );
   const require = createRequire(join(root, 'package.json'));
   const { createDb } = require(join(root, 'dist/libs/db/src'));
