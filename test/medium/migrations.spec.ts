@@ -8,8 +8,14 @@ import { dropDatabase, withDatabase } from '../support/postgres-provider';
 
 /** Every table the migrations create, the bookkeeping table included. */
 const EXPECTED_TABLES = [
+  'access_tokens',
+  'accounts',
   'blobs',
   'events',
+  'grants',
+  'group_members',
+  'groups',
+  'identity_version',
   'manifest_references',
   'manifests',
   'repositories',

@@ -8,9 +8,19 @@ const SCHEMA_FILE = join(__dirname, '../../libs/db/src/schema.ts');
 
 /**
  * Tables the migrations create that Kysely never queries through `Database`: the migrator's bookkeeping and
- * the large-object driver's index, which it reaches with raw SQL. Any other table must be typed.
+ * the large-object driver's index, and the identity tables (libs/identity's store), reached with raw SQL. Any other
+ * table must be typed.
  */
-const UNTYPED_TABLES = ['schema_migrations', 'storage_objects'];
+const UNTYPED_TABLES = [
+  'schema_migrations',
+  'storage_objects',
+  'accounts',
+  'groups',
+  'group_members',
+  'grants',
+  'access_tokens',
+  'identity_version',
+];
 
 type Kind = 'number' | 'string' | 'boolean' | 'date' | 'bytes' | 'json';
 

@@ -7,7 +7,7 @@ import pino from 'pino';
 import { type BlobStorage, FilesystemDriver, LargeObjectDriver } from '@strata/storage';
 import { loadConfig, type StorageDriverName } from '../../apps/registry/src/config/config';
 import { createApp } from '../../apps/registry/src/http/create-app';
-import type { Runtime } from '../../apps/registry/src/runtime';
+import { type Runtime, startIdentity } from '../../apps/registry/src/runtime';
 import { createTestDatabase, type TestDatabase } from './test-database';
 
 export interface TestApp {
@@ -64,7 +64,16 @@ export async function startTestApp(options: TestAppOptions = {}): Promise<TestAp
       ? new LargeObjectDriver(database.db)
       : new FilesystemDriver(join(dataDir, 'storage'));
   await storage.init();
-  const runtime: Runtime = { config, logger, pool: database.pool, db: database.db, storage, embedded: null };
+  const identity = config.auth ? await startIdentity(config, database.pool, logger) : null;
+  const runtime: Runtime = {
+    config,
+    logger,
+    pool: database.pool,
+    db: database.db,
+    storage,
+    embedded: null,
+    identity,
+  };
   const app = await createApp(runtime);
   await app.listen(0, '127.0.0.1');
   const address = app.getHttpAdapter().getInstance().server.address();
@@ -90,6 +99,7 @@ export async function startTestApp(options: TestAppOptions = {}): Promise<TestAp
       const cut = setTimeout(() => server.closeAllConnections(), 1000);
       await app.close();
       clearTimeout(cut);
+      await identity?.close();
       if (ownsDatabase) await database.drop();
       if (ownsDir) await rm(dataDir, { recursive: true, force: true });
     },

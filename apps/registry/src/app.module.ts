@@ -1,5 +1,6 @@
 import { type DynamicModule, Module } from '@nestjs/common';
 import { ScheduleModule } from '@nestjs/schedule';
+import { TokenController } from './auth/token.controller';
 import { HealthController } from './health/health.controller';
 import { JobsModule } from './jobs/jobs.module';
 import { RegistryModule } from './registry.module';
@@ -30,6 +31,7 @@ export class AppModule {
         ManifestsController,
         TagsController,
         ReferrersController,
+        TokenController,
       ],
     };
   }

@@ -5,19 +5,22 @@ import { createPool, migrate } from '@strata/db';
 import { FilesystemDriver } from '@strata/storage';
 import { ConfigError, loadConfig, type Config } from './config/config';
 import { createApp } from './http/create-app';
+import { IDENTITY_USAGE, runIdentityCommand } from './cli/identity.command';
 import { runSql } from './cli/sql.command';
 import { createLogger } from './http/logger';
 import { reloadOnHangup, warnIfExposed } from './http/tls';
 import { installTuning } from './tuning';
 import { startDatabase, startRuntime, stopRuntime } from './runtime';
 
-const USAGE = `usage: strata [serve | migrate | verify-config | sql [psql arguments]]
+const USAGE = `usage: strata [serve | migrate | verify-config | sql [psql arguments] | users | groups | grants | tokens]
 
   serve          run the registry (default)
   migrate        apply pending migrations and exit
   verify-config  validate the configuration (environment and STRATA_CONFIG file) and exit
   sql            psql on the registry's database, embedded or DATABASE_URL (sql -c "select ..." for one query)
-`;
+
+accounts and permissions (STRATA_AUTH=token), on the same database:
+${IDENTITY_USAGE}`;
 
 function configOrExit(): Config {
   try {
@@ -66,8 +69,16 @@ async function serve(config: Config): Promise<void> {
     await stopRuntime(runtime).catch(() => undefined);
     throw e;
   }
-  // Identity (issue 13) will pass whether authentication is on.
-  warnIfExposed(logger, { host: config.host, port: config.port, tls: config.tls !== null, auth: false });
+  warnIfExposed(logger, {
+    host: config.host,
+    port: config.port,
+    tls: config.tls !== null,
+    auth: config.auth !== null,
+  });
+  if (!config.auth)
+    logger.info(
+      'authentication is off: every client may pull, push and delete (STRATA_AUTH=token turns it on)',
+    );
   logger.info(
     {
       host: config.host,
@@ -75,6 +86,7 @@ async function serve(config: Config): Promise<void> {
       storage: config.storage,
       ...(runtime.storage instanceof FilesystemDriver ? { directWrites: runtime.storage.directWrites } : {}),
       database: runtime.embedded ? 'embedded' : 'external',
+      auth: config.auth ? 'token' : 'off',
       maxConnections: config.maxConnections,
     },
     'strata listening',
@@ -164,6 +176,11 @@ async function main(argv: string[]): Promise<void> {
       return runMigrate(configOrExit());
     case 'sql':
       return process.exit(await runSql(configOrExit(), argv.slice(1)));
+    case 'users':
+    case 'groups':
+    case 'grants':
+    case 'tokens':
+      return process.exit(await runIdentityCommand(configOrExit(), command, argv.slice(1)));
     case 'verify-config': {
       const config = configOrExit();
       process.stdout.write(

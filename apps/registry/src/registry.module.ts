@@ -11,7 +11,7 @@ import {
 } from '@strata/registry';
 import { PreparedStatements } from '@strata/db';
 import type { Runtime } from './runtime';
-import { CONFIG, DB, LOGGER, POOL, REGISTRY, RUNTIME, STORAGE } from './tokens';
+import { CONFIG, DB, IDENTITY, LOGGER, POOL, REGISTRY, RUNTIME, STORAGE } from './tokens';
 
 /** Hands the runtime (pool, storage, logger) to Nest and builds the framework-free domain services on it. */
 @Global()
@@ -41,6 +41,7 @@ export class RegistryModule implements OnApplicationShutdown {
         { provide: STORAGE, useValue: runtime.storage },
         { provide: LOGGER, useValue: runtime.logger },
         { provide: REGISTRY, useValue: registry },
+        { provide: IDENTITY, useValue: runtime.identity },
         { provide: RepositoryStore, useValue: registry.repositories },
         { provide: UploadService, useValue: registry.uploads },
         { provide: BlobService, useValue: registry.blobs },
@@ -55,6 +56,7 @@ export class RegistryModule implements OnApplicationShutdown {
         STORAGE,
         LOGGER,
         REGISTRY,
+        IDENTITY,
         RepositoryStore,
         UploadService,
         BlobService,

@@ -1,7 +1,9 @@
 import { join } from 'node:path';
 import type pg from 'pg';
 import type { Logger } from 'pino';
-import { createDb, createPool, type Db, EmbeddedPostgres, migrate } from '@strata/db';
+import { createDb, createPool, type Db, EmbeddedPostgres, migrate, PreparedStatements } from '@strata/db';
+import { systemMeta } from '@strata/events';
+import { Identity } from '@strata/identity';
 import { type BlobStorage, FilesystemDriver, LargeObjectDriver } from '@strata/storage';
 import type { Config } from './config/config';
 
@@ -13,6 +15,8 @@ export interface Runtime {
   readonly db: Db;
   readonly storage: BlobStorage;
   readonly embedded: EmbeddedPostgres | null;
+  /** Accounts, tokens and permissions when STRATA_AUTH=token; null when authentication is off. */
+  readonly identity: Identity | null;
 }
 
 export async function startDatabase(
@@ -55,7 +59,8 @@ export async function startRuntime(config: Config, logger: Logger): Promise<Runt
             cachedHead: config.directIoAfter,
           });
     await storage.init();
-    return { config, logger, pool, db, storage, embedded };
+    const identity = config.auth ? await startIdentity(config, pool, logger) : null;
+    return { config, logger, pool, db, storage, embedded, identity };
   } catch (e) {
     await pool.end().catch(() => undefined);
     await embedded?.stop().catch(() => undefined);
@@ -63,7 +68,34 @@ export async function startRuntime(config: Config, logger: Logger): Promise<Runt
   }
 }
 
+export async function startIdentity(config: Config, pool: pg.Pool, logger: Logger): Promise<Identity> {
+  const auth = config.auth!;
+  const identity = await Identity.create({
+    statements: new PreparedStatements(pool),
+    pool,
+    logger,
+    keyFile: auth.keyFile,
+    createKey: auth.createKey,
+    issuer: auth.issuer,
+    service: auth.service,
+    tokenTtlSeconds: auth.tokenTtlSeconds,
+    anonymousPull: auth.anonymousPull,
+  });
+  await identity.start();
+  if (
+    auth.adminPassword !== null &&
+    (await identity.ensureAdmin(auth.adminPassword, systemMeta('bootstrap')))
+  )
+    logger.info('created the account admin (STRATA_ADMIN_PASSWORD) with every grant');
+  if (identity.directory.accountCount === 0)
+    logger.warn(
+      'authentication is on but there are no accounts: set STRATA_ADMIN_PASSWORD, or add one with strata users add',
+    );
+  return identity;
+}
+
 export async function stopRuntime(runtime: Runtime): Promise<void> {
+  await runtime.identity?.close();
   // Connections still closing when the embedded server stops are ended by it: expected now, not an error.
   runtime.pool.removeAllListeners('error');
   runtime.pool.on('error', () => undefined);

@@ -5,3 +5,4 @@ export const POOL = Symbol('POOL');
 export const STORAGE = Symbol('STORAGE');
 export const LOGGER = Symbol('LOGGER');
 export const REGISTRY = Symbol('REGISTRY');
+export const IDENTITY = Symbol('IDENTITY');

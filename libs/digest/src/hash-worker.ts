@@ -1,23 +1,6 @@
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { type Algorithm, SHA256_STATE_BYTES } from './hashers';
-
-/**
- * How to start the worker's program, hash-worker.program.ts: its compiled sibling when running from `dist/`; from
- * the TypeScript sources (the tests), that file transpiled by TypeScript itself and run as an eval'd worker.
- */
-function workerProgram(): { source: string; eval: boolean } {
-  const compiled = join(__dirname, 'hash-worker.program.js');
-  if (existsSync(compiled)) return { source: compiled, eval: false };
-  // eslint-disable-next-line @typescript-eslint/no-require-imports -- a development dependency, needed only here
-  const ts = require('typescript') as typeof import('typescript');
-  const text = readFileSync(join(__dirname, 'hash-worker.program.ts'), 'utf8');
-  const { outputText } = ts.transpileModule(text, {
-    compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 },
-  });
-  return { source: outputText, eval: true };
-}
+import { workerProgram } from './worker-program';
 
 /** How much may be queued to the worker before the sender waits for it to catch up. */
 const MAX_IN_FLIGHT = 4 * 1024 * 1024;
@@ -168,7 +151,7 @@ export class HashWorker {
 
   private get w(): Worker {
     if (!this.worker) {
-      const program = workerProgram();
+      const program = workerProgram(__dirname, 'hash-worker.program');
       const worker = new Worker(program.source, {
         eval: program.eval,
         workerData: { hashWasm: require.resolve('hash-wasm') },

@@ -1,2 +1,3 @@
 export * from './hashers';
 export * from './hash-worker';
+export * from './worker-program';

@@ -76,6 +76,9 @@ export const ERROR_TABLE = {
     message: 'blob is referenced by a manifest of this repository; delete the manifest first',
   },
   RANGE_INVALID: { code: 'RANGE_INVALID', status: 416, message: 'invalid content range' },
+  // The token endpoint's (/auth/token): a request the Docker token specification does not allow.
+  SCOPE_INVALID: { code: 'SCOPE_INVALID', status: 400, message: 'invalid scope' },
+  TOKEN_REQUEST_INVALID: { code: 'UNSUPPORTED', status: 400, message: 'invalid token request' },
   MANIFEST_TOO_LARGE: { code: 'SIZE_INVALID', status: 413, message: 'manifest exceeds the size limit' },
   METHOD_UNKNOWN: { code: 'UNSUPPORTED', status: 405, message: 'method not allowed for this resource' },
   // The spec's code for an operation the registry does not implement, with the status of a path it does not know.

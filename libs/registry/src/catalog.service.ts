@@ -70,10 +70,23 @@ export class CatalogService {
     return toPage(await this.tagStore.list(repositoryId, page.last, page.limit + 1), page.limit);
   }
 
-  /** Repositories holding at least one manifest or linked blob. */
-  async repositoryNames(page: PageRequest): Promise<Page> {
+  /**
+   * Repositories holding at least one manifest or linked blob; with `visible`, only those it accepts (the ones
+   * the caller may pull), read in batches until the page is full or the names run out.
+   */
+  async repositoryNames(page: PageRequest, visible?: (name: string) => boolean): Promise<Page> {
     if (page.limit === 0) return { items: [], limit: 0, next: null };
-    return toPage(await this.repositories.list(page.last, page.limit + 1), page.limit);
+    if (!visible) return toPage(await this.repositories.list(page.last, page.limit + 1), page.limit);
+    const shown: string[] = [];
+    let last = page.last;
+    const batch = Math.max(page.limit + 1, 100);
+    for (;;) {
+      const names = await this.repositories.list(last, batch);
+      for (const n of names) if (visible(n)) shown.push(n);
+      if (shown.length > page.limit || names.length < batch) break;
+      last = names[names.length - 1]!;
+    }
+    return toPage(shown.slice(0, page.limit + 1), page.limit);
   }
 
   /**

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
+import { isValidPattern } from '@strata/identity';
 import { parse as parseYaml } from 'yaml';
 import { connectionsAllowedBy, defaultMaxConnections, openFileLimit } from '../http/connection-guard';
 import { readTlsFiles, TlsFileError, type TlsFiles } from '../http/tls';
@@ -46,6 +47,24 @@ export interface Config {
   readonly maxConnectionsPerClient: number;
   /** HTTPS on `port` with this certificate and key (checked readable and matching at start); null: plain HTTP. */
   readonly tls: TlsFiles | null;
+  /** STRATA_AUTH=token: the Docker token flow and permissions; null: every client may do anything (the default). */
+  readonly auth: AuthConfig | null;
+}
+
+export interface AuthConfig {
+  /** The `service` of challenges and the audience of tokens. */
+  readonly service: string;
+  readonly issuer: string;
+  readonly tokenTtlSeconds: number;
+  /** The signing key's PEM file, and whether Strata creates it when missing (the data directory's default). */
+  readonly keyFile: string;
+  readonly createKey: boolean;
+  /** Repository patterns anonymous clients may pull. */
+  readonly anonymousPull: string[];
+  /** The URL clients reach this registry at, for the challenge's realm; null: taken from each request. */
+  readonly externalUrl: string | null;
+  /** The first administrator's password, used on a database without accounts. */
+  readonly adminPassword: string | null;
 }
 
 export class ConfigError extends Error {
@@ -85,6 +104,15 @@ const KEYS = [
   'STRATA_KEEPALIVE_TIMEOUT',
   'STRATA_MAX_CONNECTIONS',
   'STRATA_MAX_CONNECTIONS_PER_IP',
+  'STRATA_AUTH',
+  'STRATA_AUTH_SERVICE',
+  'STRATA_AUTH_ISSUER',
+  'STRATA_TOKEN_TTL',
+  'STRATA_TOKEN_KEY',
+  'STRATA_ANONYMOUS_PULL',
+  'STRATA_EXTERNAL_URL',
+  'STRATA_ADMIN_PASSWORD',
+  'STRATA_ADMIN_PASSWORD_FILE',
 ] as const;
 
 const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
@@ -271,5 +299,57 @@ export function loadConfig(env: Source = process.env): Config {
       0,
       1_000_000,
     ),
+    auth: authConfig(get, resolve(get('STRATA_DATA_DIR') ?? './data')),
+  };
+}
+
+function authConfig(
+  get: (k: (typeof KEYS)[number]) => string | undefined,
+  dataDir: string,
+): AuthConfig | null {
+  const mode = oneOf('STRATA_AUTH', get('STRATA_AUTH') ?? 'off', ['off', 'token'] as const);
+  if (mode === 'off') return null;
+  const anonymousPull = (get('STRATA_ANONYMOUS_PULL') ?? '')
+    .split(',')
+    .map((p) => p.trim())
+    .filter((p) => p !== '');
+  for (const p of anonymousPull)
+    if (!isValidPattern(p))
+      throw new ConfigError(
+        'STRATA_ANONYMOUS_PULL',
+        `not a repository pattern (team/app, team/*, team/**, **): ${JSON.stringify(p)}`,
+      );
+  const externalUrl = get('STRATA_EXTERNAL_URL') ?? null;
+  if (externalUrl !== null && !/^https?:\/\/[^\s/?#]+(\/[^\s?#]*)?$/.test(externalUrl))
+    throw new ConfigError(
+      'STRATA_EXTERNAL_URL',
+      `expected http(s)://host[:port][/path], got ${JSON.stringify(externalUrl)}`,
+    );
+  let adminPassword = get('STRATA_ADMIN_PASSWORD') ?? null;
+  const adminFile = get('STRATA_ADMIN_PASSWORD_FILE');
+  if (adminPassword === null && adminFile !== undefined) {
+    try {
+      adminPassword = readFileSync(adminFile, 'utf8').replace(/\r?\n$/, '');
+    } catch (e) {
+      throw new ConfigError('STRATA_ADMIN_PASSWORD_FILE', (e as Error).message);
+    }
+  }
+  const keyFile = get('STRATA_TOKEN_KEY');
+  const service = get('STRATA_AUTH_SERVICE') ?? 'strata';
+  if (!/^[\x21-\x7e]{1,255}$/.test(service) || service.includes('"'))
+    throw new ConfigError('STRATA_AUTH_SERVICE', 'expected printable characters without spaces or quotes');
+  return {
+    service,
+    issuer: get('STRATA_AUTH_ISSUER') ?? 'strata',
+    tokenTtlSeconds: atMost(
+      'STRATA_TOKEN_TTL',
+      parseDuration('STRATA_TOKEN_TTL', get('STRATA_TOKEN_TTL') ?? '5m'),
+      86400,
+    ),
+    keyFile: keyFile ? resolve(keyFile) : join(dataDir, 'auth', 'token-key.pem'),
+    createKey: keyFile === undefined,
+    anonymousPull,
+    externalUrl: externalUrl?.replace(/\/$/, '') ?? null,
+    adminPassword,
   };
 }

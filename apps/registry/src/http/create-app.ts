@@ -5,6 +5,7 @@ import type { IncomingMessage } from 'node:http';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '@strata/oci';
 import { AppModule } from '../app.module';
+import { installAccessControl } from '../auth/access';
 import type { Runtime } from '../runtime';
 import { discardBody, requestBody } from './body';
 import { answerClientError } from './client-error';
@@ -105,6 +106,7 @@ export async function createApp(runtime: Runtime): Promise<NestFastifyApplicatio
   // which it installs at init and which passes them to the global filter below: setting a second one here would
   // only make Fastify warn (FSTWRN004) at every start.
 
+  if (runtime.identity && config.auth) installAccessControl(fastify, runtime.identity, config.auth, logger);
   app.useGlobalFilters(new OciExceptionFilter(logger));
   return app;
 }

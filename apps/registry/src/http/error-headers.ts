@@ -13,13 +13,13 @@ function field<T>(detail: unknown, name: string, type: 'string' | 'number'): T |
 /**
  * The headers an error's response carries, derived from its code and detail: the one place where the domain's
  * errors become HTTP.
- * - 503 UNAVAILABLE: `Retry-After` (the detail's `retryAfter` seconds, else one second).
+ * - 503 UNAVAILABLE and 429 TOOMANYREQUESTS: `Retry-After` (the detail's `retryAfter` seconds, else one second).
  * - 416 on an upload (detail `repository`, `upload`, `size`): where the upload is and what it holds
  *   (`Location`, `Range`, `Docker-Upload-UUID`), so the client can resume from there, as the spec says.
  * - 416 on a blob read (detail `size` alone): `Content-Range: bytes *\/<size>`, as RFC 9110 says.
  */
 export function errorHeaders(e: RegistryError): Record<string, string> {
-  if (e.status === 503) {
+  if (e.status === 503 || e.status === 429) {
     return { 'Retry-After': String(field<number>(e.detail, 'retryAfter', 'number') ?? DEFAULT_RETRY_AFTER) };
   }
   if (e.name_ === 'RANGE_INVALID') {

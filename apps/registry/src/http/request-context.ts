@@ -13,11 +13,18 @@ export function currentRequestId(): string | undefined {
   return requestContext.getStore()?.requestId;
 }
 
-/** The request metadata every event records. Without authentication every actor is `anonymous`. */
+const actors = new WeakMap<FastifyRequest, string>();
+
+/** Who the request acts as, once access control has authenticated it. */
+export function setPrincipal(req: FastifyRequest, principal: { readonly name: string }): void {
+  actors.set(req, principal.name);
+}
+
+/** The request metadata every event records: the authenticated account, else (and with auth off) `anonymous`. */
 export function requestMeta(req: FastifyRequest): RequestMeta {
   const ua = req.headers['user-agent'];
   return {
-    actor: 'anonymous',
+    actor: actors.get(req) ?? 'anonymous',
     requestId: String(req.id),
     clientAddr: req.ip ?? null,
     userAgent: typeof ua === 'string' ? ua.slice(0, 512) : null,

@@ -1,7 +1,23 @@
-import { Controller, Delete, Get, Head, Param, Patch, Post, Put, Query, Req, Res } from '@nestjs/common';
+import {
+  Controller,
+  Delete,
+  Get,
+  Head,
+  Inject,
+  Param,
+  Patch,
+  Post,
+  Put,
+  Query,
+  Req,
+  Res,
+} from '@nestjs/common';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { assertName, RegistryError } from '@strata/oci';
+import type { Identity } from '@strata/identity';
 import { BlobService, uploadRange, UploadService } from '@strata/registry';
+import { callerMay } from '../auth/access';
+import { IDENTITY } from '../tokens';
 import { parseContentRange, requestBody } from '../http/body';
 import { requestMeta } from '../http/request-context';
 
@@ -18,6 +34,7 @@ export class UploadsController {
   constructor(
     private readonly uploads: UploadService,
     private readonly blobs: BlobService,
+    @Inject(IDENTITY) private readonly identity: Identity | null,
   ) {}
 
   /** Starts an upload; `?digest=` with a body uploads in one request; `?mount=&from=` links an existing blob. */
@@ -32,7 +49,14 @@ export class UploadsController {
     const meta = requestMeta(req);
     const mount = single(query.mount);
     const from = single(query.from);
-    if (mount !== undefined && from !== undefined && (await this.blobs.mount(name, mount, from, meta))) {
+    // A mount from a repository the caller may not pull is an ordinary upload session, as the spec allows: the
+    // answer does not tell whether the blob is there.
+    if (
+      mount !== undefined &&
+      from !== undefined &&
+      callerMay(this.identity, req, from, 'pull') &&
+      (await this.blobs.mount(name, mount, from, meta))
+    ) {
       await reply
         .code(201)
         .headers({ Location: blobLocation(name, mount), 'Docker-Content-Digest': mount })

@@ -1,0 +1,109 @@
+import { isValidName } from '@strata/oci';
+
+/** What a grant or a token may allow on a repository. `admin` is for accounts and policies, never in a token. */
+export type Action = 'pull' | 'push' | 'delete' | 'admin';
+export const ACTIONS: readonly Action[] = ['pull', 'push', 'delete', 'admin'];
+/** What a token's `access` may carry for a repository (the Docker token specification's actions). */
+const TOKEN_ACTIONS: readonly string[] = ['pull', 'push', 'delete'];
+
+/** One entry of a token's `access` claim, as the Docker token specification writes it. */
+export interface Access {
+  readonly type: 'repository' | 'registry';
+  readonly name: string;
+  readonly actions: string[];
+}
+
+export class ScopeError extends Error {
+  constructor(
+    readonly scope: string,
+    reason: string,
+  ) {
+    super(`invalid scope ${JSON.stringify(scope.slice(0, 200))}: ${reason}`);
+  }
+}
+
+const MAX_SCOPE_LENGTH = 1024;
+
+/**
+ * `repository:<name>:<actions>` or `registry:catalog:*` (the token specification's resource scope). The name sits
+ * between the first and the last colon; actions are a comma-separated list, `*` meaning every action. Unknown
+ * actions are dropped (a client may ask for more than Strata knows), an empty remainder or a bad name is an error.
+ */
+export function parseScope(scope: string): Access {
+  if (scope.length > MAX_SCOPE_LENGTH) throw new ScopeError(scope, 'too long');
+  const first = scope.indexOf(':');
+  const last = scope.lastIndexOf(':');
+  if (first <= 0 || last === first) throw new ScopeError(scope, 'expected type:name:actions');
+  const type = scope.slice(0, first);
+  const name = scope.slice(first + 1, last);
+  const wanted = scope.slice(last + 1).split(',');
+  if (type === 'registry') {
+    if (name !== 'catalog') throw new ScopeError(scope, 'the only registry resource is catalog');
+    return { type, name, actions: wanted.includes('*') ? ['*'] : [] };
+  }
+  // "repository(plugin)" is an old class syntax of the specification; its class is ignored.
+  if (type !== 'repository' && !/^repository\([a-z0-9]+\)$/.test(type))
+    throw new ScopeError(scope, `unknown resource type ${JSON.stringify(type.slice(0, 40))}`);
+  if (!isValidName(name)) throw new ScopeError(scope, 'not a valid repository name');
+  const actions = wanted.includes('*') ? [...TOKEN_ACTIONS] : TOKEN_ACTIONS.filter((a) => wanted.includes(a));
+  return { type: 'repository', name, actions };
+}
+
+/** The scope string for a challenge: `repository:team/app:pull,push`. */
+export function formatScope(access: Access): string {
+  return `${access.type}:${access.name}:${access.actions.join(',')}`;
+}
+
+const PATTERN_RE = /^(?:[a-z0-9._*-]+|\*\*)(?:\/(?:[a-z0-9._*-]+|\*\*))*$/;
+
+/**
+ * A repository name pattern: exact (`team/app`), `*` matching within one path segment (`team/*`, `team/app-*`),
+ * `**` matching any number of segments (`team/**` is every repository under team/, and `**` every repository).
+ */
+export function isValidPattern(pattern: string): boolean {
+  return pattern.length <= 255 && PATTERN_RE.test(pattern) && !/\*\*\*/.test(pattern);
+}
+
+const compiled = new Map<string, RegExp>();
+
+export function patternMatches(pattern: string, name: string): boolean {
+  let re = compiled.get(pattern);
+  if (!re) {
+    const body = pattern
+      .split('/')
+      .map((seg) =>
+        seg === '**'
+          ? '\u0000'
+          : seg
+              .split('*')
+              .map((part) => part.replace(/[.+?^${}()|[\]\\-]/g, '\\$&'))
+              .join('[^/]*'),
+      )
+      .join('/')
+      // `a/**` matches a/x and a/x/y (not a itself); `**/b` and `a/**/b` also match with no segment in between
+      // (b, a/b), as in gitignore; `**` alone matches every name.
+      .replaceAll('\u0000/', '(?:[^/]+/)*')
+      .replaceAll('/\u0000', '(?:/[^/]+)+')
+      .replaceAll('\u0000', '.+');
+    re = new RegExp(`^${body}$`);
+    if (compiled.size > 10_000) compiled.clear();
+    compiled.set(pattern, re);
+  }
+  return re.test(name);
+}
+
+/**
+ * A token scope given on the command line (`repository:team/*:pull,push`): like parseScope, but the name is a
+ * pattern.
+ */
+export function parseScopePattern(scope: string): { pattern: string; actions: Action[] } {
+  const m = /^repository:([^:]+):([a-z*,]+)$/.exec(scope);
+  if (!m || !isValidPattern(m[1]!)) throw new ScopeError(scope, 'expected repository:<pattern>:<actions>');
+  const wanted = m[2]!.split(',');
+  const actions = (
+    wanted.includes('*') ? TOKEN_ACTIONS : TOKEN_ACTIONS.filter((a) => wanted.includes(a))
+  ) as Action[];
+  if (actions.length === 0 || wanted.some((a) => a !== '*' && !TOKEN_ACTIONS.includes(a)))
+    throw new ScopeError(scope, 'actions are pull, push, delete or *');
+  return { pattern: m[1]!, actions };
+}
