@@ -1,7 +1,11 @@
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
-const LAYERS = [['oci', 'digest', 'db'], ['events', 'storage'], ['registry', 'identity']];
+const LAYERS = [
+  ['oci', 'digest', 'db'],
+  ['events', 'storage'],
+  ['registry', 'identity'],
+];
 
 function layers() {
   return LAYERS.flatMap((layer, level) =>

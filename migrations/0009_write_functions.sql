@@ -9,7 +9,9 @@
 --   2. blob rows, then repository_blobs links, each in digest order;
 --   3. child manifests an index lists, in digest order, then the manifest itself;
 --   4. tag rows;
---   5. tag_lifetimes, then events (appended last, so their sequence numbers follow the lock order).
+--   5. tag_lifetimes rows, reached only under their tag's lock.
+-- Events are appended as each change is made; an insert into events locks no row another writer waits for.
+-- (0010 replaces strata_event, strata_close_lifetime and strata_start_uploads; 0011 strata_end_upload.)
 -- A function that needs a row it finds locked waits; one that finds it deleted meanwhile tries again (a bounded
 -- number of times) or reports the row missing.
 --

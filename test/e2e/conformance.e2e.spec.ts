@@ -386,9 +386,42 @@ function requestUrl(r: Req): URL {
   return url;
 }
 
+/** OCI_USERNAME / OCI_PASSWORD, as the suite reads them: with both set, reggie answers a Bearer challenge. */
+const credentials =
+  process.env.OCI_USERNAME && process.env.OCI_PASSWORD
+    ? { username: process.env.OCI_USERNAME, password: process.env.OCI_PASSWORD }
+    : null;
+
+/**
+ * reggie's auth: a 401 whose WWW-Authenticate is a Bearer challenge is answered by fetching a token from its realm
+ * (service and scope as given, the credentials as Basic) and sending the request again with it.
+ */
+async function token(challenge: string): Promise<string | null> {
+  if (!credentials || !/^Bearer /i.test(challenge)) return null;
+  const params = new Map<string, string>();
+  for (const m of challenge.matchAll(/([a-z]+)="([^"]*)"/gi)) params.set(m[1]!.toLowerCase(), m[2]!);
+  const realm = params.get('realm');
+  if (!realm) return null;
+  const url = new URL(realm);
+  for (const k of ['service', 'scope']) if (params.has(k)) url.searchParams.set(k, params.get(k)!);
+  const basic = Buffer.from(`${credentials.username}:${credentials.password}`).toString('base64');
+  const res = await fetch(url, { headers: { authorization: `Basic ${basic}` } });
+  if (res.status !== 200) return null;
+  const body = (await res.json()) as { token?: string; access_token?: string };
+  return body.token ?? body.access_token ?? null;
+}
+
 async function send(method: string, r: Req): Promise<Res> {
+  const first = await sendOnce(method, r, {});
+  const challenge = first.headers.get('www-authenticate');
+  if (first.status !== 401 || challenge === null) return first;
+  const bearer = await token(challenge);
+  return bearer === null ? first : sendOnce(method, r, { authorization: `Bearer ${bearer}` });
+}
+
+async function sendOnce(method: string, r: Req, auth: Record<string, string>): Promise<Res> {
   const url = requestUrl(r);
-  const headers = { 'user-agent': 'distribution-spec-conformance-tests', ...r.headers };
+  const headers = { 'user-agent': 'distribution-spec-conformance-tests', ...r.headers, ...auth };
   if ((method === 'GET' || method === 'HEAD') && r.body !== undefined)
     return sendRaw(method, url, headers, r.body);
   const res = await fetch(url, { method, headers, body: r.body });
@@ -506,7 +539,21 @@ const specIf = (condition: boolean): jest.It => (condition ? it : it.skip);
 describe('OCI Distribution Conformance Tests', () => {
   let t: TestApp;
   beforeAll(async () => {
-    t = await startTestApp();
+    // With OCI_USERNAME/OCI_PASSWORD (conformance-auth.e2e.spec.ts sets them), against Strata with token auth on,
+    // where that account may pull, push and delete everything and anonymous clients nothing.
+    t = await startTestApp(credentials ? { env: { STRATA_AUTH: 'token' } } : {});
+    if (credentials) {
+      const meta = { actor: 'system:test', requestId: null, clientAddr: null, userAgent: null };
+      const identity = t.runtime.identity!;
+      await identity.accounts.addAccount(credentials.username, 'user', credentials.password, meta);
+      await identity.accounts.setGrant(
+        { kind: 'user', name: credentials.username },
+        '**',
+        ['pull', 'push', 'delete'],
+        meta,
+      );
+      await identity.directory.reload();
+    }
     base = t.url;
   });
   afterAll(async () => {
@@ -515,6 +562,13 @@ describe('OCI Distribution Conformance Tests', () => {
         `conformance: skipped at run time: ${JSON.stringify(runtimeSkips)}; warnings: ${JSON.stringify(warnings)}\n`,
       );
     expect(t.serverErrors()).toEqual([]);
+    if (credentials) {
+      // Every change was made by the suite's account; nothing was written anonymously.
+      const actors = await t.database.pool.query<{ actor: string }>(
+        `SELECT DISTINCT actor FROM events WHERE actor <> 'system:test'`,
+      );
+      expect(actors.rows.map((r) => r.actor)).toEqual([credentials.username]);
+    }
     await t.close();
   });
 

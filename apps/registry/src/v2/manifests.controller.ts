@@ -1,7 +1,7 @@
 import { Controller, Delete, Get, Head, Param, Put, Req, Res } from '@nestjs/common';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { MAX_MANIFEST_BYTES, RegistryError } from '@strata/oci';
-import { type ManifestInfo, ManifestService } from '@strata/registry';
+import { assertName, MAX_MANIFEST_BYTES, RegistryError } from '@strata/oci';
+import { type ManifestInfo, ManifestService, parseReference } from '@strata/registry';
 import { readLimited, requestBody } from '../http/body';
 import { requestMeta } from '../http/request-context';
 
@@ -23,7 +23,10 @@ export class ManifestsController {
     @Req() req: FastifyRequest,
     @Res() reply: FastifyReply,
   ): Promise<void> {
-    // A declared oversize body is refused unread, so the client gets the 413 instead of a reset connection.
+    // A bad name or reference, and a declared oversize body, are refused before the body is read (the error
+    // filter then reads and discards it to a bound, so the client gets the answer instead of a reset connection).
+    assertName(name);
+    if (parseReference(reference) === null) throw new RegistryError('TAG_INVALID', { tag: reference });
     if (Number(req.headers['content-length'] ?? 0) > MAX_MANIFEST_BYTES) {
       throw new RegistryError('MANIFEST_TOO_LARGE', { limit: MAX_MANIFEST_BYTES });
     }

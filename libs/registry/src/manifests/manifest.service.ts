@@ -122,9 +122,17 @@ export class ManifestService {
     if (first && (await this.repositories.find(repository)) === null) throw missing(first.kind, first.digest);
     const repositoryId = await this.repositories.ensure(repository);
     const tag = 'tag' in target ? target.tag : null;
-    const outcome = await retryConflicts(() =>
+    // 'contended': the manifest or the tag kept being deleted under the push (five times inside the function). What
+    // it stored meanwhile is kept (a manifest, untagged), so trying again, after a pause, finishes the push.
+    let outcome = await retryConflicts(() =>
       this.manifests.push({ repositoryId, repository, digest, manifest, bytes, tag, meta }),
     );
+    for (let attempt = 1; outcome.status === 'contended' && attempt < WRITE_ATTEMPTS; attempt++) {
+      await new Promise((r) => setTimeout(r, attempt * (2 + Math.random() * 8)));
+      outcome = await retryConflicts(() =>
+        this.manifests.push({ repositoryId, repository, digest, manifest, bytes, tag, meta }),
+      );
+    }
     if (outcome.status === 'contended') throw contended(`manifest ${digest} or tag ${tag ?? ''}`);
     if (outcome.status === 'missing' || outcome.status === 'size') throw refusal(outcome);
     return { digest, subject: manifest.subject };
