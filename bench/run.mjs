@@ -11,6 +11,7 @@
 //   BENCH_QUIET_WAIT=<seconds>    how long to wait, before each workload, for other jobs on the machine to go quiet
 //   BENCH_STRATA_ENV="K=V …"      extra settings for the Strata server (e.g. STRATA_DIRECT_IO=false)
 //   BENCH_LO_BASE=/path/to/checkout  also runs a second large-object Strata built from that checkout (A/B, same run)
+//   BENCH_AUTH=1                  the authentication mode: bench/auth.mjs (bearer tokens vs auth off vs htpasswd)
 //   DATABASE_URL=postgres://…     PostgreSQL server to create the throw-away bench database on
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -29,6 +30,12 @@ import {
 } from './lib/servers.mjs';
 import { MiB, peakRssMiB, sha256, waitQuiet, writeRandomFile } from './lib/util.mjs';
 import * as W from './lib/workloads.mjs';
+
+// BENCH_AUTH=1: the authentication mode instead (bench/auth.mjs).
+if (/^(1|true|yes)$/i.test(process.env.BENCH_AUTH ?? '')) {
+  await import('./auth.mjs');
+  process.exit(process.exitCode ?? 0);
+}
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '..');

@@ -52,7 +52,8 @@ async function waitReady(base, child, name, logFile, timeoutMs = 60_000) {
     }
     try {
       const res = await request(base, { path: '/v2/', timeoutMs: 2000 });
-      if (res.status === 200) return;
+      // 401: up, with authentication on (the bench's auth mode).
+      if (res.status === 200 || res.status === 401) return;
       last = `HTTP ${res.status}`;
     } catch (e) {
       last = e.code ?? e.message;
@@ -90,7 +91,8 @@ function spawnLogged(cmd, args, { env, cwd, logFile }) {
   return child;
 }
 
-export async function startReference({ dir, log }) {
+/** `htpasswd`: a file of bcrypt entries, for the reference registry with its basic authentication on. */
+export async function startReference({ dir, log, htpasswd = null }) {
   const port = await freePort();
   const root = join(dir, 'storage');
   const configFile = join(dir, 'config.yml');
@@ -111,6 +113,7 @@ export async function startReference({ dir, log }) {
       '    blobdescriptor: inmemory',
       'http:',
       `  addr: 127.0.0.1:${port}`,
+      ...(htpasswd ? ['auth:', '  htpasswd:', '    realm: bench', `    path: ${htpasswd}`] : []),
       '',
     ].join('\n'),
   );

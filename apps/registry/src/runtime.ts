@@ -80,6 +80,7 @@ export async function startIdentity(config: Config, pool: pg.Pool, logger: Logge
     service: auth.service,
     tokenTtlSeconds: auth.tokenTtlSeconds,
     anonymousPull: auth.anonymousPull,
+    loginCache: auth.loginCache,
   });
   await identity.start();
   if (

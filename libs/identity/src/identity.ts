@@ -23,6 +23,8 @@ export interface IdentityOptions {
   readonly service: string;
   readonly tokenTtlSeconds: number;
   readonly anonymousPull: readonly string[];
+  /** Remember verified name/password pairs for VERIFIED_TTL_MS (default true). */
+  readonly loginCache?: boolean;
 }
 
 const MAX_PASSWORD = 1024;
@@ -124,6 +126,7 @@ export class Identity {
     if (until !== undefined && until > Date.now())
       return { kind: account.kind, name: account.name, tokenId: null };
     if (!(await this.verifyPassword(password, account.passwordHash))) return null;
+    if (this.options.loginCache === false) return { kind: account.kind, name: account.name, tokenId: null };
     if (this.verified.size >= VERIFIED_MAX) this.verified.clear();
     this.verified.set(key, Date.now() + VERIFIED_TTL_MS);
     return { kind: account.kind, name: account.name, tokenId: null };

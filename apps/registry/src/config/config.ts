@@ -65,6 +65,8 @@ export interface AuthConfig {
   readonly externalUrl: string | null;
   /** The first administrator's password, used on a database without accounts. */
   readonly adminPassword: string | null;
+  /** Remember verified passwords for a few minutes (false: argon2id at every login; the bench's login storm). */
+  readonly loginCache: boolean;
 }
 
 export class ConfigError extends Error {
@@ -113,6 +115,7 @@ const KEYS = [
   'STRATA_EXTERNAL_URL',
   'STRATA_ADMIN_PASSWORD',
   'STRATA_ADMIN_PASSWORD_FILE',
+  'STRATA_LOGIN_CACHE',
 ] as const;
 
 const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
@@ -351,5 +354,6 @@ function authConfig(
     anonymousPull,
     externalUrl: externalUrl?.replace(/\/$/, '') ?? null,
     adminPassword,
+    loginCache: parseBool('STRATA_LOGIN_CACHE', get('STRATA_LOGIN_CACHE') ?? 'true'),
   };
 }
