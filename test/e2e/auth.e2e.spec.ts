@@ -1,4 +1,4 @@
-import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { join } from 'node:path';
@@ -303,7 +303,16 @@ describe('identity and access (STRATA_AUTH=token)', () => {
         .setProtectedHeader({ alg: 'HS256' })
         .sign(new TextEncoder().encode(JSON.stringify(publicPem.keys[0])));
       const ourKey = createPrivateKey(readFileSync(join(t.dataDir, 'auth', 'token-key.pem')));
-      const expired = await new SignJWT({ access: vaultPayload.access })
+      // Bound to the admin account as the registry binds its own tokens, so that only what each forgery changes is
+      // wrong with it.
+      const adminAccount = identity.directory.account('admin')!;
+      const bound = { uid: adminAccount.id, ver: adminAccount.version };
+      // The classic confusion: HS256 keyed with the verifier's public key as PEM text.
+      const publicText = createPublicKey(ourKey).export({ type: 'spki', format: 'pem' }) as string;
+      const hsPem = await new SignJWT({ ...vaultPayload })
+        .setProtectedHeader({ alg: 'HS256' })
+        .sign(new TextEncoder().encode(publicText));
+      const expired = await new SignJWT({ access: vaultPayload.access, ...bound })
         .setProtectedHeader({ alg: 'ES256' })
         .setIssuer('strata')
         .setAudience('strata')
@@ -316,6 +325,7 @@ describe('identity and access (STRATA_AUTH=token)', () => {
         `${none}.${Buffer.from(JSON.stringify(vaultPayload)).toString('base64url')}.`,
         signedByOther,
         hs,
+        hsPem,
         expired,
       ];
       for (const f of forged) {
@@ -324,7 +334,11 @@ describe('identity and access (STRATA_AUTH=token)', () => {
         expect(await errorCodes(res)).toEqual(['UNAUTHORIZED']);
       }
       // The same key, right claims: accepted (the forgeries failed for what they changed).
-      const genuine = await new SignJWT({ access: vaultPayload.access })
+      const genuine = await new SignJWT({
+        access: vaultPayload.access,
+        uid: adminAccount.id,
+        ver: adminAccount.version,
+      })
         .setProtectedHeader({ alg: 'ES256' })
         .setIssuer('strata')
         .setAudience('strata')
@@ -460,10 +474,17 @@ describe('identity and access (STRATA_AUTH=token)', () => {
     expect([400, 401]).toContain(status);
   });
 
-  it('slows down repeated failed logins from one address and records them without flooding the log', async () => {
-    const before = await t.database.pool.query<{ n: string }>(
-      `SELECT count(*) AS n FROM events WHERE type = 'auth.failed'`,
-    );
+  it('slows down repeated failed logins from one address, concurrent ones too, and records them in bounded events', async () => {
+    await identity.reportFailures(true);
+    const count = async (): Promise<number> =>
+      Number(
+        (
+          await t.database.pool.query<{ n: string }>(
+            `SELECT count(*) AS n FROM events WHERE type = 'auth.failed'`,
+          )
+        ).rows[0]!.n,
+      );
+    const before = await count();
     const statuses: number[] = [];
     for (let i = 0; i < 14; i++) {
       const res = await fetch(`${t.url}/v2/`, { headers: { authorization: basic('mallory', `guess${i}`) } });
@@ -472,11 +493,122 @@ describe('identity and access (STRATA_AUTH=token)', () => {
     }
     expect(statuses.slice(0, 10).every((s) => s === 401)).toBe(true);
     expect(statuses.slice(10).every((s) => s === 429)).toBe(true);
-    const after = await t.database.pool.query<{ n: string }>(
-      `SELECT count(*) AS n FROM events WHERE type = 'auth.failed'`,
+    // Guesses sent all at once are counted as they start, not as they finish: at most the allowance is checked.
+    const parallel = await Promise.all(
+      Array.from({ length: 40 }, (_, i) =>
+        fetch(`${t.url}/auth/token?service=strata`, {
+          headers: { authorization: basic('par1', `g${i}`) },
+        }).then((r) => r.status),
+      ),
     );
-    // One event for the first failure of the window (with its count); the rest counted into the next.
-    expect(Number(after.rows[0]!.n) - Number(before.rows[0]!.n)).toBeLessThanOrEqual(2);
+    expect(parallel.filter((s) => s === 401).length).toBeLessThanOrEqual(10);
+    expect(parallel.filter((s) => s === 429).length).toBeGreaterThanOrEqual(30);
+    // Someone else guessing from this address does not lock out a user who knows her password.
+    expect(
+      (await fetch(`${t.url}/v2/`, { headers: { authorization: basic('alice', 'alice-pw') } })).status,
+    ).toBe(200);
+    await identity.reportFailures(true);
+    const events = await t.database.pool.query<{
+      payload: { failures: number; refused: number; accounts: string[] };
+    }>(`SELECT payload FROM events WHERE type = 'auth.failed' ORDER BY seq DESC LIMIT 1`);
+    // One event for the address, with the counts and some of the names.
+    expect((await count()) - before).toBe(1);
+    const payload = events.rows[0]!.payload;
+    expect(payload.failures).toBeGreaterThanOrEqual(20);
+    expect(payload.failures).toBeLessThanOrEqual(20);
+    expect(payload.refused).toBeGreaterThanOrEqual(34);
+    expect(payload.accounts).toEqual(expect.arrayContaining(['mallory', 'par1']));
+  });
+
+  it('voids tokens when the password changes, and does not carry them to a new account of the same name', async () => {
+    const meta = systemMeta('test');
+    await identity.accounts.addAccount('carol', 'user', 'carol-pw', meta);
+    await identity.accounts.setGrant({ kind: 'user', name: 'carol' }, 'team/*', ['pull'], meta);
+    await identity.directory.reload();
+    const form = (fields: Record<string, string>): Promise<Response> =>
+      fetch(`${t.url}/auth/token`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ service: 'strata', ...fields }).toString(),
+      });
+    const first = (await (
+      await form({
+        grant_type: 'password',
+        username: 'carol',
+        password: 'carol-pw',
+        access_type: 'offline',
+        scope: 'repository:team/app:pull',
+      })
+    ).json()) as { access_token: string; refresh_token: string; scope: string };
+    expect(first.scope).toBe('repository:team/app:pull');
+    expect(
+      (await fetch(`${t.url}/v2/team/app/tags/list`, { headers: bearer(first.access_token) })).status,
+    ).toBe(200);
+    await identity.accounts.setPassword('carol', 'carol-pw-2', meta);
+    await identity.directory.reload();
+    expect(
+      (await fetch(`${t.url}/v2/team/app/tags/list`, { headers: bearer(first.access_token) })).status,
+    ).toBe(401);
+    expect((await form({ grant_type: 'refresh_token', refresh_token: first.refresh_token })).status).toBe(
+      401,
+    );
+    // Removed and created again: another person, whom the old tokens do not reach.
+    const second = (await (
+      await form({
+        grant_type: 'password',
+        username: 'carol',
+        password: 'carol-pw-2',
+        access_type: 'offline',
+      })
+    ).json()) as { refresh_token: string };
+    await identity.accounts.changeAccount('carol', 'removed', meta);
+    await identity.accounts.addAccount('carol', 'user', 'carol-pw-2', meta);
+    await identity.directory.reload();
+    expect((await form({ grant_type: 'refresh_token', refresh_token: second.refresh_token })).status).toBe(
+      401,
+    );
+  });
+
+  it('refuses an empty password as a failed login, never a 500', async () => {
+    expect(
+      (await fetch(`${t.url}/auth/token?service=strata`, { headers: { authorization: basic('alice', '') } }))
+        .status,
+    ).toBe(401);
+    expect(
+      (await fetch(`${t.url}/auth/token?service=strata`, { headers: { authorization: basic('', '') } }))
+        .status,
+    ).toBe(401);
+    const form = await fetch(`${t.url}/auth/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: 'grant_type=password',
+    });
+    expect(form.status).toBe(401);
+  });
+
+  it('keeps anonymous pull for a scoped robot token, needs registry:catalog:* in a token for the catalog, refuses bad names first', async () => {
+    const meta = systemMeta('test');
+    const created = (await identity.accounts.createToken(
+      'ci-bot',
+      ['repository:team/*:pull'],
+      null,
+      null,
+      meta,
+    ))!;
+    await identity.directory.reload();
+    const robot = basic('ci-bot', created.secret);
+    expect(
+      (await fetch(`${t.url}/v2/public/base/manifests/v1`, { headers: { authorization: robot } })).status,
+    ).toBe(200);
+    const alice = await tokenFor(t.url, basic('alice', 'alice-pw'), 'repository:team/app:pull');
+    const catalog = await fetch(`${t.url}/v2/_catalog`, { headers: bearer(alice) });
+    expect(catalog.status).toBe(401);
+    expect(catalog.headers.get('www-authenticate')).toContain(
+      'scope="registry:catalog:*",error="insufficient_scope"',
+    );
+    const bad = await fetch(`${t.url}/v2/${'-'.repeat(900)}/manifests/x`);
+    expect(bad.status).toBe(400);
+    expect(await errorCodes(bad)).toEqual(['NAME_INVALID']);
   });
 
   (skipSkopeo ? describe.skip : describe)('with real clients', () => {

@@ -6,6 +6,9 @@ import { type Action, parseScopePattern, patternMatches } from './scope';
 export const IDENTITY_POLL_MS = 1000;
 
 export interface Account {
+  readonly id: string;
+  /** Changes with the account's credentials (password, disable, enable): tokens carry it. */
+  readonly version: number;
   readonly name: string;
   readonly kind: AccountKind;
   readonly passwordHash: string | null;
@@ -47,6 +50,8 @@ function build(s: IdentitySnapshot): { accounts: Map<string, Account>; tokens: M
     const grants = [...(own.get(a.name) ?? [])];
     for (const g of groupsOf.get(a.name) ?? []) grants.push(...(groupGrants.get(g) ?? []));
     accounts.set(a.name, {
+      id: String(a.id),
+      version: a.updated_at.getTime(),
       name: a.name,
       kind: a.kind,
       passwordHash: a.password_hash,
@@ -148,7 +153,7 @@ export class Directory {
     let set = this.decided.get(key);
     if (set) return set;
     set = this.decide(principal, repository);
-    if (this.decided.size > 50_000) this.decided.clear();
+    if (this.decided.size > 10_000) this.decided.clear();
     this.decided.set(key, set);
     return set;
   }
@@ -179,8 +184,8 @@ export class Directory {
     if (!account || account.disabled) return out;
     for (const g of account.grants)
       if (patternMatches(g.pattern, repository)) for (const a of g.actions) out.add(a);
-    // What anonymous clients may do, an account may do too.
-    if (this.anonymousPull.some((p) => patternMatches(p, repository))) out.add('pull');
+    // What anonymous clients may do, an account may do too (through any of its tokens).
+    const anonymous = this.anonymousPull.some((p) => patternMatches(p, repository));
     if (principal.tokenId !== null) {
       const token = this.tokens.get(principal.tokenId);
       const scoped = new Set<Action>();
@@ -188,8 +193,10 @@ export class Directory {
         for (const s of token.scopes)
           if (patternMatches(s.pattern, repository)) for (const a of s.actions) if (out.has(a)) scoped.add(a);
       }
+      if (anonymous) scoped.add('pull');
       return scoped;
     }
+    if (anonymous) out.add('pull');
     return out;
   }
 }

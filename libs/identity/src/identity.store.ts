@@ -1,13 +1,15 @@
 import type pg from 'pg';
 import type { PreparedStatements, Statement } from '@strata/db';
 import { metaJson, type RequestMeta } from '@strata/events';
+import type { FailureReport } from './failures';
 import type { Action } from './scope';
 
 const SQL = {
   version: { name: 'identity_version', text: 'SELECT version FROM identity_version' },
   accounts: {
     name: 'identity_accounts',
-    text: `SELECT id, name, kind, password_hash, disabled_at, created_at FROM accounts ORDER BY name COLLATE "C"`,
+    text: `SELECT id, name, kind, password_hash, disabled_at, created_at, updated_at FROM accounts
+      ORDER BY name COLLATE "C"`,
   },
   members: {
     name: 'identity_members',
@@ -64,6 +66,7 @@ export interface AccountRow {
   readonly password_hash: string | null;
   readonly disabled_at: Date | null;
   readonly created_at: Date;
+  readonly updated_at: Date;
 }
 
 export interface GrantRow {
@@ -201,12 +204,17 @@ export class IdentityStore {
     return row.revoked;
   }
 
-  /** An `auth.failed` event: `failures` refused logins from the client since the last one recorded. */
-  async authFailed(account: string | null, failures: number, meta: RequestMeta): Promise<void> {
+  /** An `auth.failed` event: refused logins from one address since its last one. */
+  async authFailed(report: FailureReport, meta: RequestMeta): Promise<void> {
     await this.statements.rows(SQL.authFailed, [
       metaJson(meta),
-      account,
-      JSON.stringify({ account, failures, client_addr: meta.clientAddr }),
+      report.accounts.length === 1 ? report.accounts[0]! : null,
+      JSON.stringify({
+        client_addr: report.address,
+        failures: report.failures,
+        refused: report.refused,
+        accounts: report.accounts,
+      }),
     ]);
   }
 }

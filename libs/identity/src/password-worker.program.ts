@@ -3,6 +3,7 @@
  * so a login's tens of milliseconds of hashing never hold up the requests on the event loop.
  */
 import { randomBytes } from 'node:crypto';
+import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 
 interface Request {
@@ -15,6 +16,13 @@ interface Request {
 
 const port = parentPort;
 if (!port) throw new Error('the password worker program runs on a worker thread only');
+// The lowest CPU priority for this thread alone (on Linux, setpriority of the calling task is per thread): a login
+// storm then takes only the CPU the registry's own threads leave, and its requests are not held up by it.
+try {
+  setPriority(19);
+} catch {
+  // Not allowed here (some sandboxes): hashing runs at the process's priority.
+}
 // eslint-disable-next-line @typescript-eslint/no-require-imports -- resolved by the parent, which may run from sources
 const { argon2id, argon2Verify } = require(
   (workerData as { hashWasm: string }).hashWasm,

@@ -64,32 +64,61 @@ export function isValidPattern(pattern: string): boolean {
   return pattern.length <= 255 && PATTERN_RE.test(pattern) && !/\*\*\*/.test(pattern);
 }
 
-const compiled = new Map<string, RegExp>();
-
-export function patternMatches(pattern: string, name: string): boolean {
-  let re = compiled.get(pattern);
-  if (!re) {
-    const body = pattern
-      .split('/')
-      .map((seg) =>
-        seg === '**'
-          ? '\u0000'
-          : seg
-              .split('*')
-              .map((part) => part.replace(/[.+?^${}()|[\]\\-]/g, '\\$&'))
-              .join('[^/]*'),
-      )
-      .join('/')
-      // `a/**` matches a/x and a/x/y (not a itself); `**/b` and `a/**/b` also match with no segment in between
-      // (b, a/b), as in gitignore; `**` alone matches every name.
-      .replaceAll('\u0000/', '(?:[^/]+/)*')
-      .replaceAll('/\u0000', '(?:/[^/]+)+')
-      .replaceAll('\u0000', '.+');
-    re = new RegExp(`^${body}$`);
-    if (compiled.size > 10_000) compiled.clear();
-    compiled.set(pattern, re);
+/** One path segment against one pattern segment with `*` wildcards: greedy with one backtrack point, O(n·m). */
+function segmentMatches(pattern: string, text: string): boolean {
+  let p = 0;
+  let t = 0;
+  let star = -1;
+  let resume = 0;
+  while (t < text.length) {
+    if (p < pattern.length && pattern[p] !== '*' && pattern[p] === text[t]) {
+      p++;
+      t++;
+    } else if (p < pattern.length && pattern[p] === '*') {
+      star = p++;
+      resume = t;
+    } else if (star >= 0) {
+      p = star + 1;
+      t = ++resume;
+    } else {
+      return false;
+    }
   }
-  return re.test(name);
+  while (p < pattern.length && pattern[p] === '*') p++;
+  return p === pattern.length;
+}
+
+/**
+ * Whether `name` matches `pattern`: segment by segment, `**` standing for any number of segments (at least one
+ * at the end, `a/**` being what is under a/; possibly none elsewhere, as in gitignore, so that a, **, b matches
+ * a/b).
+ * Dynamic programming over segments, so no pattern, however many wildcards it has, costs more than
+ * O(pattern segments × name length): no regular expression to backtrack.
+ */
+export function patternMatches(pattern: string, name: string): boolean {
+  const ps = pattern.split('/');
+  const ns = name.split('/');
+  // can[j]: pattern segments [0, i) match name segments [0, j).
+  let can = new Array<boolean>(ns.length + 1).fill(false);
+  can[0] = true;
+  for (let i = 0; i < ps.length; i++) {
+    const seg = ps[i]!;
+    const next = new Array<boolean>(ns.length + 1).fill(false);
+    if (seg === '**') {
+      const last = i === ps.length - 1;
+      let reachable = false;
+      for (let j = 0; j <= ns.length; j++) {
+        // Zero segments (not at the end), or one more than a reachable prefix.
+        if (!last && can[j]) next[j] = true;
+        if (reachable) next[j] = true;
+        reachable = reachable || can[j]!;
+      }
+    } else {
+      for (let j = 1; j <= ns.length; j++) next[j] = can[j - 1]! && segmentMatches(seg, ns[j - 1]!);
+    }
+    can = next;
+  }
+  return can[ns.length]!;
 }
 
 /**

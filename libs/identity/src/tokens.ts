@@ -50,13 +50,32 @@ export async function loadSigningKey(file: string, create: boolean): Promise<Sig
   return { privateKey, publicKey, kid, jwk: { ...jwk, kid, alg: ALG, use: 'sig' } };
 }
 
-export interface TokenClaims {
+/** What ties a token to the account it was issued to (all null for anonymous). */
+export interface TokenBinding {
+  /** The access token (robot secret) the login used, if any: it must still be valid at each use. */
+  readonly tid: string | null;
+  /** The account's id: a removed account created again under the name is another account. */
+  readonly uid: string | null;
+  /** The account's credentials version (changed by a new password, a disable or enable). */
+  readonly ver: number | null;
+}
+
+export interface TokenClaims extends TokenBinding {
   /** The account name, or `anonymous`. */
   readonly sub: string;
   readonly access: Access[];
-  /** The access token (robot secret) the login used, if any: it must still be valid at each use. */
-  readonly tid: string | null;
   readonly exp: number;
+}
+
+const bindingClaims = (b: TokenBinding): Record<string, unknown> =>
+  Object.fromEntries(Object.entries(b).filter(([, v]) => v !== null));
+
+function bindingOf(payload: Record<string, unknown>): TokenBinding {
+  return {
+    tid: typeof payload.tid === 'string' ? payload.tid : null,
+    uid: typeof payload.uid === 'string' ? payload.uid : null,
+    ver: typeof payload.ver === 'number' ? payload.ver : null,
+  };
 }
 
 export interface IssuedToken {
@@ -94,9 +113,9 @@ export class TokenIssuer {
     return { keys: [this.key.jwk] };
   }
 
-  async issue(subject: string, access: Access[], tokenId: string | null): Promise<IssuedToken> {
+  async issue(subject: string, access: Access[], binding: TokenBinding): Promise<IssuedToken> {
     const now = Math.floor(Date.now() / 1000);
-    const token = await new SignJWT({ access, ...(tokenId ? { tid: tokenId } : {}) })
+    const token = await new SignJWT({ access, ...bindingClaims(binding) })
       .setProtectedHeader({ alg: ALG, kid: this.key.kid, typ: 'JWT' })
       .setIssuer(this.options.issuer)
       .setAudience(this.options.service)
@@ -110,9 +129,9 @@ export class TokenIssuer {
   }
 
   /** A long-lived token a client trades for access tokens (`grant_type=refresh_token`); it carries no access. */
-  async issueRefresh(subject: string, tokenId: string | null): Promise<string> {
+  async issueRefresh(subject: string, binding: TokenBinding): Promise<string> {
     const now = Math.floor(Date.now() / 1000);
-    return new SignJWT({ refresh: true, ...(tokenId ? { tid: tokenId } : {}) })
+    return new SignJWT({ refresh: true, ...bindingClaims(binding) })
       .setProtectedHeader({ alg: ALG, kid: this.key.kid, typ: 'JWT' })
       .setIssuer(this.options.issuer)
       .setAudience(`${this.options.service}#refresh`)
@@ -139,13 +158,12 @@ export class TokenIssuer {
         issuer: this.options.issuer,
         audience: this.options.service,
         requiredClaims: ['sub', 'exp', 'iat'],
-        clockTolerance: 30,
       });
       if (payload.refresh === true || !Array.isArray(payload.access)) return null;
       const claims: TokenClaims = {
         sub: payload.sub!,
         access: (payload.access as unknown[]).filter(isAccess),
-        tid: typeof payload.tid === 'string' ? payload.tid : null,
+        ...bindingOf(payload),
         exp: payload.exp!,
       };
       if (this.verified.size >= CACHE_MAX) this.verified.clear();
@@ -157,7 +175,7 @@ export class TokenIssuer {
   }
 
   /** The subject (and access token) of a valid refresh token; null otherwise. */
-  async verifyRefresh(token: string): Promise<{ sub: string; tid: string | null } | null> {
+  async verifyRefresh(token: string): Promise<(TokenBinding & { sub: string }) | null> {
     if (token.length > 16_384) return null;
     try {
       const { payload } = await jwtVerify(token, this.key.publicKey, {
@@ -167,7 +185,7 @@ export class TokenIssuer {
         requiredClaims: ['sub', 'exp'],
       });
       if (payload.refresh !== true) return null;
-      return { sub: payload.sub!, tid: typeof payload.tid === 'string' ? payload.tid : null };
+      return { sub: payload.sub!, ...bindingOf(payload) };
     } catch {
       return null;
     }

@@ -5,6 +5,8 @@ import type { TagStore } from './stores/tag.store';
 
 /** The most entries one page holds, whatever `n` asks for; the Link header leads to the rest. */
 export const MAX_PAGE_SIZE = 1000;
+/** Names read at most for one filtered catalog page. */
+const MAX_CATALOG_SCAN = 10_000;
 
 export interface PageRequest {
   readonly limit: number;
@@ -80,11 +82,15 @@ export class CatalogService {
     const shown: string[] = [];
     let last = page.last;
     const batch = Math.max(page.limit + 1, 100);
-    for (;;) {
+    for (let scanned = 0; ; ) {
       const names = await this.repositories.list(last, batch);
       for (const n of names) if (visible(n)) shown.push(n);
       if (shown.length > page.limit || names.length < batch) break;
       last = names[names.length - 1]!;
+      scanned += names.length;
+      // A caller who may see few names does not make one request read the whole table: the page ends here, shorter,
+      // and its Link continues after the last name read.
+      if (scanned >= MAX_CATALOG_SCAN) return { items: shown, limit: page.limit, next: last };
     }
     return toPage(shown.slice(0, page.limit + 1), page.limit);
   }

@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { type Action, ANONYMOUS, type Identity, type Principal, type TokenClaims } from '@strata/identity';
-import { RegistryError } from '@strata/oci';
+import { isValidName, RegistryError } from '@strata/oci';
 import type { AuthConfig } from '../config/config';
 import { sendError } from '../http/oci-exception.filter';
 import { requestMeta, setPrincipal } from '../http/request-context';
@@ -10,6 +10,7 @@ import { requestMeta, setPrincipal } from '../http/request-context';
 type Need =
   | { readonly kind: 'none' }
   | { readonly kind: 'login' }
+  | { readonly kind: 'catalog' }
   | { readonly kind: 'repository'; readonly action: Action; readonly scope: string };
 
 const PULL = { kind: 'repository', action: 'pull', scope: 'pull' } as const;
@@ -21,8 +22,9 @@ function need(route: string | undefined, method: string): Need {
   switch (route) {
     case '/v2':
     case '/v2/':
-    case '/v2/_catalog':
       return { kind: 'login' };
+    case '/v2/_catalog':
+      return { kind: 'catalog' };
     case '/v2/:name/manifests/:reference':
       return method === 'PUT' ? PUSH : method === 'DELETE' ? DELETE : PULL;
     case '/v2/:name/blobs/:digest':
@@ -86,6 +88,7 @@ export function catalogFilter(
 }
 
 const MAX_AUTHORIZATION = 8192;
+const CATALOG_SCOPE = 'registry:catalog:*';
 
 /** Basic credentials of an Authorization header; null when it is not Basic; throws when it is broken. */
 export function parseBasic(header: string): { username: string; password: string } | null {
@@ -142,32 +145,48 @@ export function installAccessControl(
     const n = need(req.routeOptions.url, req.method);
     if (n.kind === 'none') return;
     const name = n.kind === 'repository' ? ((req.params as { name?: string }).name ?? '') : '';
-    const scope = n.kind === 'repository' ? `repository:${name}:${n.scope}` : null;
+    // A name outside the grammar is refused as such before any pattern is matched against it.
+    if (n.kind === 'repository' && !isValidName(name)) {
+      sendError(new RegistryError('NAME_INVALID', { name: name.slice(0, 256) }), req, reply, logger);
+      return reply;
+    }
+    const scope =
+      n.kind === 'repository' ? `repository:${name}:${n.scope}` : n.kind === 'catalog' ? CATALOG_SCOPE : null;
     let caller: Caller;
     try {
       caller = await identify(identity, req);
     } catch (e) {
-      refuse(
-        req,
-        reply,
-        e instanceof RegistryError ? e : new RegistryError('UNAUTHORIZED', {}),
-        scope,
-        'invalid_token',
-      );
+      // Anything but a refusal is a bug, answered and logged as one by the error filter.
+      if (!(e instanceof RegistryError)) throw e;
+      refuse(req, reply, e, scope, e.status === 401 ? 'invalid_token' : null);
       return reply;
     }
     callers.set(req, caller);
     setPrincipal(req, caller.principal);
-    if (n.kind === 'login') {
-      if (caller.via !== 'none') return;
-      refuse(
-        req,
-        reply,
-        new RegistryError('UNAUTHORIZED', { reason: 'authentication required' }),
-        null,
-        null,
-      );
-      return reply;
+    if (n.kind !== 'repository') {
+      if (caller.via === 'none') {
+        refuse(
+          req,
+          reply,
+          new RegistryError('UNAUTHORIZED', { reason: 'authentication required' }),
+          scope,
+          null,
+        );
+        return reply;
+      }
+      // The catalog, as docker's registry has it: a token must name registry:catalog:* (the list then shows what
+      // the account may pull); Basic credentials list the same.
+      if (n.kind === 'catalog' && caller.claims && !caller.claims.access.some((a) => a.type === 'registry')) {
+        refuse(
+          req,
+          reply,
+          new RegistryError('UNAUTHORIZED', [{ Type: 'registry', Name: 'catalog', Action: '*' }]),
+          scope,
+          'insufficient_scope',
+        );
+        return reply;
+      }
+      return;
     }
     if (caller.claims && !tokenAllows(caller.claims, name, n.action)) {
       // The token does not name this: the client asks for one that does (and gets it, if the account may).

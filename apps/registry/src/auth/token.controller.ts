@@ -3,6 +3,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import {
   type Access,
   ANONYMOUS,
+  formatScope,
   type Identity,
   parseScope,
   type Principal,
@@ -17,6 +18,21 @@ import { parseBasic } from './access';
 
 const FORM_MAX_BYTES = 64 * 1024;
 const MAX_SCOPES = 64;
+
+/** The OAuth2 form, whole, or TOKEN_REQUEST_INVALID past FORM_MAX_BYTES. */
+async function readForm(req: FastifyRequest): Promise<Buffer> {
+  if (Number(req.headers['content-length'] ?? 0) > FORM_MAX_BYTES)
+    throw new RegistryError('TOKEN_REQUEST_INVALID', { reason: `the form is over ${FORM_MAX_BYTES} bytes` });
+  try {
+    return await readLimited(requestBody(req), FORM_MAX_BYTES);
+  } catch (e) {
+    if (e instanceof RegistryError && e.name_ === 'MANIFEST_TOO_LARGE')
+      throw new RegistryError('TOKEN_REQUEST_INVALID', {
+        reason: `the form is over ${FORM_MAX_BYTES} bytes`,
+      });
+    throw e;
+  }
+}
 
 function list(v: unknown): string[] {
   if (Array.isArray(v)) return v.flatMap(list);
@@ -81,7 +97,7 @@ export class TokenController {
       throw new RegistryError('TOKEN_REQUEST_INVALID', {
         reason: 'expected an application/x-www-form-urlencoded body',
       });
-    const form = new URLSearchParams((await readLimited(requestBody(req), FORM_MAX_BYTES)).toString('utf8'));
+    const form = new URLSearchParams((await readForm(req)).toString('utf8'));
     this.checkService(form.get('service') ?? undefined);
     const requested = scopes(form.getAll('scope'));
     const grant = form.get('grant_type');
@@ -96,10 +112,10 @@ export class TokenController {
     } else if (grant === 'refresh_token') {
       refresh = form.get('refresh_token') ?? '';
       const found = await identity.tokens.verifyRefresh(refresh);
-      const account = found ? identity.directory.account(found.sub) : undefined;
-      principal = account ? { kind: account.kind, name: account.name, tokenId: found!.tid } : ANONYMOUS;
-      if (!found || !account || !identity.directory.active(principal))
-        throw new RegistryError('UNAUTHORIZED', { reason: 'invalid or expired refresh token' });
+      // Void once the password changed, or the account was disabled, or removed and created again.
+      const current = found ? identity.current(found) : null;
+      if (!current) throw new RegistryError('UNAUTHORIZED', { reason: 'invalid or expired refresh token' });
+      principal = current;
     } else {
       throw new RegistryError('TOKEN_REQUEST_INVALID', {
         reason: 'grant_type must be password or refresh_token',
@@ -123,13 +139,9 @@ export class TokenController {
     refresh: string | null = null,
   ): Promise<void> {
     const access = identity.grant(principal, requested);
-    const tokenId = principal.kind === 'anonymous' ? null : principal.tokenId;
-    const issued = await identity.tokens.issue(principal.name, access, tokenId);
+    const issued = await identity.issue(principal, access);
     const refreshToken =
-      refresh ??
-      (offline && principal.kind !== 'anonymous'
-        ? await identity.tokens.issueRefresh(principal.name, tokenId)
-        : null);
+      refresh ?? (offline && principal.kind !== 'anonymous' ? await identity.issueRefresh(principal) : null);
     await reply
       .code(200)
       .header('Cache-Control', 'no-store')
@@ -138,6 +150,8 @@ export class TokenController {
         access_token: issued.token,
         expires_in: issued.expiresIn,
         issued_at: issued.issuedAt,
+        // What was granted, space-separated, as OAuth2's token response has it.
+        scope: access.map(formatScope).join(' '),
         ...(refreshToken ? { refresh_token: refreshToken } : {}),
       });
   }

@@ -7,6 +7,7 @@ import {
   type Action,
   ACTIONS,
   IdentityStore,
+  isValidAccountName,
   PasswordHasher,
   ScopeError,
 } from '@strata/identity';
@@ -88,15 +89,20 @@ function parseActions(raw: string | undefined): Action[] {
 
 function parseSubject(raw: string | undefined): { kind: 'user' | 'group'; name: string } {
   if (!raw) throw new CommandError('give a user name or group:<name>', 2);
-  if (raw.startsWith('group:')) return { kind: 'group', name: raw.slice(6) };
-  return { kind: 'user', name: raw.startsWith('user:') ? raw.slice(5) : raw };
+  const subject = raw.startsWith('group:')
+    ? { kind: 'group' as const, name: raw.slice(6) }
+    : { kind: 'user' as const, name: raw.startsWith('user:') ? raw.slice(5) : raw };
+  if (!isValidAccountName(subject.name))
+    throw new CommandError(`not a valid ${subject.kind} name: ${JSON.stringify(subject.name)}`, 2);
+  return subject;
 }
 
 function parseExpiry(raw: string | undefined): Date | null {
   if (raw === undefined || raw === 'never') return null;
-  const m = /^(\d+)([hdw])$/.exec(raw);
+  const m = /^(\d{1,6})([hdw])$/.exec(raw);
   if (!m) throw new CommandError('--expires takes a duration like 12h, 30d or 8w, or never', 2);
   const hours = Number(m[1]) * ({ h: 1, d: 24, w: 168 } as Record<string, number>)[m[2]!]!;
+  if (hours < 1 || hours > 10 * 366 * 24) throw new CommandError('--expires is between 1h and 10 years', 2);
   return new Date(Date.now() + hours * 3_600_000);
 }
 
@@ -149,6 +155,9 @@ async function run(
       const name = need(first, 'account name');
       if (!switches.has('--password-stdin'))
         throw new CommandError('give the password on stdin: --password-stdin', 2);
+      // A robot logs in with its tokens only, whose scopes narrow what it may; a password would not.
+      if ((await accounts.snapshot()).accounts.some((a) => a.name === name && a.kind === 'robot'))
+        throw new CommandError(`${name} is a robot: it logs in with its tokens (strata tokens create)`);
       return changed(
         await accounts.setPassword(name, await readStdin(), meta),
         `password of ${name} changed`,
