@@ -12,7 +12,13 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { bcrypt } from 'hash-wasm';
 import { randomBytes } from 'node:crypto';
-import { createBenchDatabase, ensureTools, startReference, startStrata, stopProcess } from './lib/servers.mjs';
+import {
+  createBenchDatabase,
+  ensureTools,
+  startReference,
+  startStrata,
+  stopProcess,
+} from './lib/servers.mjs';
 import { expectStatus, percentile, request, runClosedLoop, sha256, waitQuiet } from './lib/util.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -33,7 +39,12 @@ async function seed(base, headers, a) {
   const config = Buffer.from('{"architecture":"amd64","os":"linux"}');
   const layer = randomBytes(4096);
   for (const b of [config, layer]) {
-    const post = await request(base, { method: 'POST', path: '/v2/bench/auth/blobs/uploads/', headers, agent: a });
+    const post = await request(base, {
+      method: 'POST',
+      path: '/v2/bench/auth/blobs/uploads/',
+      headers,
+      agent: a,
+    });
     expectStatus(post, 202, 'POST upload');
     const loc = new URL(post.headers.location, base);
     loc.searchParams.set('digest', sha256(b));
@@ -49,8 +60,14 @@ async function seed(base, headers, a) {
   const manifest = JSON.stringify({
     schemaVersion: 2,
     mediaType: OCI_MANIFEST,
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha256(config), size: config.length },
-    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha256(layer), size: layer.length }],
+    config: {
+      mediaType: 'application/vnd.oci.image.config.v1+json',
+      digest: sha256(config),
+      size: config.length,
+    },
+    layers: [
+      { mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha256(layer), size: layer.length },
+    ],
   });
   const put = await request(base, {
     method: 'PUT',
@@ -63,11 +80,11 @@ async function seed(base, headers, a) {
   return sha256(layer);
 }
 
-
 async function loop(what, concurrency, op) {
   await runClosedLoop({ concurrency, durationMs: WARM_MS, op });
   const r = await runClosedLoop({ concurrency, durationMs: DURATION_MS, op });
-  if (r.errors) throw new Error(`${what}: ${r.errors} of ${r.count + r.errors} failed; first: ${r.firstError?.message}`);
+  if (r.errors)
+    throw new Error(`${what}: ${r.errors} of ${r.count + r.errors} failed; first: ${r.firstError?.message}`);
   return { rps: r.count / (r.elapsedMs / 1000), p99: percentile(r.latencies, 99) };
 }
 
@@ -76,12 +93,23 @@ async function reads(base, headers, layer) {
   const a = agent();
   try {
     const head = await loop('HEAD blob', 32, async () => {
-      const res = await request(base, { method: 'HEAD', path: `/v2/bench/auth/blobs/${layer}`, headers, agent: a, sink: 'discard' });
+      const res = await request(base, {
+        method: 'HEAD',
+        path: `/v2/bench/auth/blobs/${layer}`,
+        headers,
+        agent: a,
+        sink: 'discard',
+      });
       if (res.status !== 200) throw new Error(`HEAD: HTTP ${res.status}`);
     });
     await waitQuiet(QUIET_WAIT_S * 1000);
     const get = await loop('GET manifest', 32, async () => {
-      const res = await request(base, { path: '/v2/bench/auth/manifests/v1', headers: { ...headers, Accept: OCI_MANIFEST }, agent: a, sink: 'discard' });
+      const res = await request(base, {
+        path: '/v2/bench/auth/manifests/v1',
+        headers: { ...headers, Accept: OCI_MANIFEST },
+        agent: a,
+        sink: 'discard',
+      });
       if (res.status !== 200) throw new Error(`GET manifest: HTTP ${res.status}`);
     });
     return { head, get };
@@ -114,7 +142,12 @@ async function main() {
   try {
     // The reference with htpasswd: bcrypt at cost 5 (the lowest it takes), so its login cost is its best case.
     const htpasswd = join(tmp, 'htpasswd');
-    const hash = await bcrypt({ password: PASSWORD, salt: randomBytes(16), costFactor: 5, outputType: 'encoded' });
+    const hash = await bcrypt({
+      password: PASSWORD,
+      salt: randomBytes(16),
+      costFactor: 5,
+      outputType: 'encoded',
+    });
     writeFileSync(htpasswd, `${USER}:${hash}\n`);
     const refDir = join(tmp, 'reference');
     mkdirSync(refDir, { recursive: true });
@@ -159,45 +192,56 @@ async function main() {
       b.destroy();
       return { ...r, issue };
     });
-    out.storm = await withStrata(tmp, 'strata-login-storm', { ...tokenEnv, STRATA_LOGIN_CACHE: 'false' }, async (s) => {
-      const t = await tokenAs(s.base, 'repository:bench/auth:pull,push');
-      const headers = { Authorization: `Bearer ${t}` };
-      const a = agent();
-      const layer = await seed(s.base, headers, a);
-      const head = async () => {
-        const res = await request(s.base, { method: 'HEAD', path: `/v2/bench/auth/blobs/${layer}`, headers, agent: a, sink: 'discard' });
-        if (res.status !== 200) throw new Error(`HEAD: HTTP ${res.status}`);
-      };
-      log('login storm: HEAD alone …');
-      const alone = await loop('HEAD alone', 32, head);
-      await waitQuiet(QUIET_WAIT_S * 1000);
-      log('login storm: HEAD with 8 clients logging in …');
-      const b = agent();
-      let logins = 0;
-      let refused = 0;
-      let stop = false;
-      const loginLoop = async () => {
-        while (!stop) {
+    out.storm = await withStrata(
+      tmp,
+      'strata-login-storm',
+      { ...tokenEnv, STRATA_LOGIN_CACHE: 'false' },
+      async (s) => {
+        const t = await tokenAs(s.base, 'repository:bench/auth:pull,push');
+        const headers = { Authorization: `Bearer ${t}` };
+        const a = agent();
+        const layer = await seed(s.base, headers, a);
+        const head = async () => {
           const res = await request(s.base, {
-            path: '/auth/token?service=strata&scope=repository%3Abench%2Fauth%3Apull',
-            headers: { Authorization: adminBasic },
-            agent: b,
+            method: 'HEAD',
+            path: `/v2/bench/auth/blobs/${layer}`,
+            headers,
+            agent: a,
+            sink: 'discard',
           });
-          if (res.status === 200) logins++;
-          else if (res.status === 429) refused++;
-          else throw new Error(`login: HTTP ${res.status}`);
-        }
-      };
-      const t0 = performance.now();
-      const storm = Promise.all(Array.from({ length: 8 }, loginLoop));
-      const during = await loop('HEAD during logins', 32, head);
-      stop = true;
-      await storm;
-      const seconds = (performance.now() - t0) / 1000;
-      a.destroy();
-      b.destroy();
-      return { alone, during, loginsPerSec: logins / seconds, refused };
-    });
+          if (res.status !== 200) throw new Error(`HEAD: HTTP ${res.status}`);
+        };
+        log('login storm: HEAD alone …');
+        const alone = await loop('HEAD alone', 32, head);
+        await waitQuiet(QUIET_WAIT_S * 1000);
+        log('login storm: HEAD with 8 clients logging in …');
+        const b = agent();
+        let logins = 0;
+        let refused = 0;
+        let stop = false;
+        const loginLoop = async () => {
+          while (!stop) {
+            const res = await request(s.base, {
+              path: '/auth/token?service=strata&scope=repository%3Abench%2Fauth%3Apull',
+              headers: { Authorization: adminBasic },
+              agent: b,
+            });
+            if (res.status === 200) logins++;
+            else if (res.status === 429) refused++;
+            else throw new Error(`login: HTTP ${res.status}`);
+          }
+        };
+        const t0 = performance.now();
+        const storm = Promise.all(Array.from({ length: 8 }, loginLoop));
+        const during = await loop('HEAD during logins', 32, head);
+        stop = true;
+        await storm;
+        const seconds = (performance.now() - t0) / 1000;
+        a.destroy();
+        b.destroy();
+        return { alone, during, loginsPerSec: logins / seconds, refused };
+      },
+    );
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
@@ -228,7 +272,10 @@ function report(o) {
     '',
     '| metric | reference (htpasswd) | Strata, auth off | Strata, token | token / off (≥ 0.85×) | token / reference (≥ 4×) |',
     '| --- | ---: | ---: | ---: | ---: | ---: |',
-    ...rows.map(([label, ref, off, tok]) => `| ${label} | ${f(ref)} | ${f(off)} | ${f(tok)} | ${r(tok, off)} ${tok / off >= 0.85 ? 'pass' : 'FAIL'} | ${r(tok, ref)} ${tok / ref >= 4 ? 'pass' : 'FAIL'} |`),
+    ...rows.map(
+      ([label, ref, off, tok]) =>
+        `| ${label} | ${f(ref)} | ${f(off)} | ${f(tok)} | ${r(tok, off)} ${tok / off >= 0.85 ? 'pass' : 'FAIL'} | ${r(tok, ref)} ${tok / ref >= 4 ? 'pass' : 'FAIL'} |`,
+    ),
     `| HEAD blob p99 (ms) | ${o.reference.head.p99.toFixed(2)} | ${o.off.head.p99.toFixed(2)} | ${o.token.head.p99.toFixed(2)} | | |`,
     '',
     `Token issue rate (GET /auth/token, correct password, 8 clients, verified-login cache on): ${f(o.token.issue.rps)} tokens/s, p99 ${o.token.issue.p99.toFixed(1)} ms.`,
