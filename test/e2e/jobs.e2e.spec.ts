@@ -93,7 +93,14 @@ describe('the expire-uploads job', () => {
     // Nothing listens on port 1: every connection is refused, as while the database restarts.
     const away = createPool({ connectionString: 'postgres://postgres@127.0.0.1:1/none' });
     try {
-      const job = new ExpireUploadsJob(t.app.get(UploadService), away, t.runtime.config, logger, storage);
+      const job = new ExpireUploadsJob(
+        t.app.get(UploadService),
+        away,
+        t.runtime.config,
+        logger,
+        storage,
+        null,
+      );
       await job.tick();
     } finally {
       await away.end();

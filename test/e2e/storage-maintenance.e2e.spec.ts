@@ -55,6 +55,7 @@ describe('the storage-maintenance job on large objects', () => {
       t.runtime.config,
       pino({ level: 'silent' }),
       new LargeObjectDriver(t.database.db),
+      null,
     );
   });
   afterAll(async () => {

@@ -7,6 +7,7 @@ import pino from 'pino';
 import { type BlobStorage, FilesystemDriver, LargeObjectDriver } from '@strata/storage';
 import { loadConfig, type StorageDriverName } from '../../apps/registry/src/config/config';
 import { createApp } from '../../apps/registry/src/http/create-app';
+import { Metrics } from '../../apps/registry/src/metrics/metrics';
 import { type Runtime, startIdentity } from '../../apps/registry/src/runtime';
 import { createTestDatabase, type TestDatabase } from './test-database';
 
@@ -73,6 +74,7 @@ export async function startTestApp(options: TestAppOptions = {}): Promise<TestAp
     storage,
     embedded: null,
     identity,
+    metrics: config.metrics ? new Metrics(database.pool) : null,
   };
   const app = await createApp(runtime);
   await app.listen(0, '127.0.0.1');

@@ -1,6 +1,7 @@
 import { type DynamicModule, Module } from '@nestjs/common';
 import { ScheduleModule } from '@nestjs/schedule';
 import { TokenController } from './auth/token.controller';
+import { MetricsController } from './metrics/metrics.controller';
 import { HealthController } from './health/health.controller';
 import { JobsModule } from './jobs/jobs.module';
 import { RegistryModule } from './registry.module';
@@ -32,6 +33,7 @@ export class AppModule {
         TagsController,
         ReferrersController,
         TokenController,
+        MetricsController,
       ],
     };
   }

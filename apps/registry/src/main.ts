@@ -5,6 +5,7 @@ import { createPool, migrate } from '@strata/db';
 import { FilesystemDriver } from '@strata/storage';
 import { ConfigError, loadConfig, type Config } from './config/config';
 import { createApp } from './http/create-app';
+import { startMetricsServer } from './metrics/metrics.endpoint';
 import { IDENTITY_USAGE, runIdentityCommand } from './cli/identity.command';
 import { runSql } from './cli/sql.command';
 import { createLogger } from './http/logger';
@@ -60,6 +61,22 @@ async function serve(config: Config): Promise<void> {
     await stopRuntime(runtime).catch(() => undefined);
     throw e;
   }
+  const metricsServer =
+    runtime.metrics && config.metricsPort !== null
+      ? await startMetricsServer(
+          runtime.metrics,
+          runtime.identity,
+          config.host,
+          config.metricsPort,
+          logger,
+        ).catch(async (e: unknown) => {
+          await app.close().catch(() => undefined);
+          await stopRuntime(runtime).catch(() => undefined);
+          throw new Error(
+            `cannot serve metrics on ${config.host}:${config.metricsPort}: ${(e as Error).message}`,
+          );
+        })
+      : null;
   // Before listening, so a SIGHUP sent once the port answers reloads rather than kills.
   if (config.tls) reloadOnHangup(app.getHttpAdapter().getInstance().server, config.tls, logger);
   try {
@@ -88,6 +105,7 @@ async function serve(config: Config): Promise<void> {
       database: runtime.embedded ? 'embedded' : 'external',
       auth: config.auth ? 'token' : 'off',
       maxConnections: config.maxConnections,
+      metrics: runtime.metrics ? (config.metricsPort ?? 'on the registry port') : 'off',
     },
     'strata listening',
   );
@@ -111,6 +129,7 @@ async function serve(config: Config): Promise<void> {
     // client or keepAliveTimeout ends it: those that fall idle during the drain are closed as they do.
     const idle = setInterval(() => server.closeIdleConnections(), 100);
     idle.unref();
+    metricsServer?.close();
     app
       .close()
       .finally(() => clearInterval(idle))

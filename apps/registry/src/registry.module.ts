@@ -11,7 +11,7 @@ import {
 } from '@strata/registry';
 import { PreparedStatements } from '@strata/db';
 import type { Runtime } from './runtime';
-import { CONFIG, DB, IDENTITY, LOGGER, POOL, REGISTRY, RUNTIME, STORAGE } from './tokens';
+import { CONFIG, DB, IDENTITY, LOGGER, METRICS, POOL, REGISTRY, RUNTIME, STORAGE } from './tokens';
 
 /** Hands the runtime (pool, storage, logger) to Nest and builds the framework-free domain services on it. */
 @Global()
@@ -42,6 +42,7 @@ export class RegistryModule implements OnApplicationShutdown {
         { provide: LOGGER, useValue: runtime.logger },
         { provide: REGISTRY, useValue: registry },
         { provide: IDENTITY, useValue: runtime.identity },
+        { provide: METRICS, useValue: runtime.metrics },
         { provide: RepositoryStore, useValue: registry.repositories },
         { provide: UploadService, useValue: registry.uploads },
         { provide: BlobService, useValue: registry.blobs },
@@ -57,6 +58,7 @@ export class RegistryModule implements OnApplicationShutdown {
         LOGGER,
         REGISTRY,
         IDENTITY,
+        METRICS,
         RepositoryStore,
         UploadService,
         BlobService,

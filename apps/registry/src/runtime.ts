@@ -6,6 +6,7 @@ import { systemMeta } from '@strata/events';
 import { Identity } from '@strata/identity';
 import { type BlobStorage, FilesystemDriver, LargeObjectDriver } from '@strata/storage';
 import type { Config } from './config/config';
+import { Metrics } from './metrics/metrics';
 
 /** What the application runs on: started before Nest, stopped after it. */
 export interface Runtime {
@@ -17,6 +18,8 @@ export interface Runtime {
   readonly embedded: EmbeddedPostgres | null;
   /** Accounts, tokens and permissions when STRATA_AUTH=token; null when authentication is off. */
   readonly identity: Identity | null;
+  /** Prometheus metrics (STRATA_METRICS); null when off. */
+  readonly metrics: Metrics | null;
 }
 
 export async function startDatabase(
@@ -60,7 +63,8 @@ export async function startRuntime(config: Config, logger: Logger): Promise<Runt
           });
     await storage.init();
     const identity = config.auth ? await startIdentity(config, pool, logger) : null;
-    return { config, logger, pool, db, storage, embedded, identity };
+    const metrics = config.metrics ? new Metrics(pool) : null;
+    return { config, logger, pool, db, storage, embedded, identity, metrics };
   } catch (e) {
     await pool.end().catch(() => undefined);
     await embedded?.stop().catch(() => undefined);

@@ -6,3 +6,4 @@ export const STORAGE = Symbol('STORAGE');
 export const LOGGER = Symbol('LOGGER');
 export const REGISTRY = Symbol('REGISTRY');
 export const IDENTITY = Symbol('IDENTITY');
+export const METRICS = Symbol('METRICS');

@@ -173,6 +173,16 @@ export class Directory {
     );
   }
 
+  /** An enabled account (not through a token) granted `admin` on `**`: the operators (metrics, later the admin API). */
+  isGlobalAdmin(principal: Principal): boolean {
+    if (principal.kind === 'anonymous' || principal.tokenId !== null || !this.active(principal)) return false;
+    return (
+      this.accounts
+        .get(principal.name)
+        ?.grants.some((g) => g.pattern === '**' && g.actions.includes('admin')) ?? false
+    );
+  }
+
   private decide(principal: Principal, repository: string): Set<Action> {
     const out = new Set<Action>();
     if (principal.kind === 'anonymous') {

@@ -21,6 +21,27 @@ interface Unrecorded {
   since: number;
 }
 
+/**
+ * The key failed logins are counted under: an IPv4 address as it is, an IPv6 address by its /64 (one host
+ * usually has a whole /64, and rotating addresses within it must not reset the count).
+ */
+export function clientKey(address: string | null): string {
+  if (!address) return '';
+  const v4 = /^(?:::ffff:)?(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(address);
+  if (v4) return v4[1]!;
+  if (!address.includes(':')) return address;
+  const [head = '', tail = ''] = address.split('%')[0]!.split('::');
+  const left = head ? head.split(':') : [];
+  const right = address.includes('::') && tail ? tail.split(':') : [];
+  const groups = address.includes('::')
+    ? [...left, ...Array<string>(Math.max(0, 8 - left.length - right.length)).fill('0'), ...right]
+    : left;
+  return `${groups
+    .slice(0, 4)
+    .map((g) => g.replace(/^0+(?=.)/, '').toLowerCase())
+    .join(':')}::/64`;
+}
+
 /** What an `auth.failed` event says about one client address. */
 export interface FailureReport {
   readonly address: string;

@@ -5,7 +5,7 @@ import type { PreparedStatements } from '@strata/db';
 import type { RequestMeta } from '@strata/events';
 import { RegistryError } from '@strata/oci';
 import { type Account, ANONYMOUS, Directory, type Principal } from './directory';
-import { FailureTracker } from './failures';
+import { clientKey, FailureTracker } from './failures';
 import { Accounts, secretTokenId } from './accounts';
 import { IdentityStore } from './identity.store';
 import { PasswordHasher, PasswordsBusyError } from './passwords';
@@ -93,7 +93,7 @@ export class Identity {
     // (a NAT) does not lock out a user who knows their password.
     const remembered = this.remembered(username, password);
     if (remembered) return remembered;
-    const address = meta.clientAddr ?? '';
+    const address = clientKey(meta.clientAddr);
     const wait = this.failures.begin(address, username);
     if (wait > 0)
       throw new RegistryError('TOOMANYREQUESTS', {

@@ -49,6 +49,10 @@ export interface Config {
   readonly tls: TlsFiles | null;
   /** STRATA_AUTH=token: the Docker token flow and permissions; null: every client may do anything (the default). */
   readonly auth: AuthConfig | null;
+  /** Serve Prometheus metrics (`GET /metrics`). */
+  readonly metrics: boolean;
+  /** Serve them on this port alone rather than on the registry's; null: the registry's port. */
+  readonly metricsPort: number | null;
 }
 
 export interface AuthConfig {
@@ -116,6 +120,8 @@ const KEYS = [
   'STRATA_ADMIN_PASSWORD',
   'STRATA_ADMIN_PASSWORD_FILE',
   'STRATA_LOGIN_CACHE',
+  'STRATA_METRICS',
+  'STRATA_METRICS_PORT',
 ] as const;
 
 const DURATION_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400 };
@@ -303,6 +309,10 @@ export function loadConfig(env: Source = process.env): Config {
       1_000_000,
     ),
     auth: authConfig(get, resolve(get('STRATA_DATA_DIR') ?? './data')),
+    metrics: parseBool('STRATA_METRICS', get('STRATA_METRICS') ?? 'true'),
+    metricsPort: get('STRATA_METRICS_PORT')
+      ? parseIntIn('STRATA_METRICS_PORT', get('STRATA_METRICS_PORT')!, 1, 65535)
+      : null,
   };
 }
 

@@ -11,7 +11,7 @@ import { discardBody, requestBody } from './body';
 import { answerClientError } from './client-error';
 import { ConnectionGuard, refusal } from './connection-guard';
 import { PinoNestLogger } from './logger';
-import { OciExceptionFilter, sendError } from './oci-exception.filter';
+import { countStorageErrors, OciExceptionFilter, sendError } from './oci-exception.filter';
 import { rewriteOciUrl } from './oci-route';
 import { requestContext } from './request-context';
 import { readTlsFiles } from './tls';
@@ -106,6 +106,11 @@ export async function createApp(runtime: Runtime): Promise<NestFastifyApplicatio
   // which it installs at init and which passes them to the global filter below: setting a second one here would
   // only make Fastify warn (FSTWRN004) at every start.
 
+  if (runtime.metrics) {
+    runtime.metrics.install(fastify);
+    const errors = runtime.metrics.storageErrors;
+    countStorageErrors((code) => errors.inc({ code }));
+  }
   if (runtime.identity && config.auth) installAccessControl(fastify, runtime.identity, config.auth, logger);
   app.useGlobalFilters(new OciExceptionFilter(logger));
   return app;

@@ -77,6 +77,19 @@ function clientWentAway(error: unknown, request: FastifyRequest): boolean {
 }
 
 /** Renders any failure as the OCI error envelope; HEAD responses get the status and headers only. */
+let storageErrorCounter: ((code: string) => void) | null = null;
+
+/** Where storage errors are counted (the metrics, when they are on): one call per failed storage operation. */
+export function countStorageErrors(counter: ((code: string) => void) | null): void {
+  storageErrorCounter = counter;
+}
+
+/** An error of the blob storage's system calls (ENOSPC, EIO, ...), as opposed to a refusal or a database error. */
+function storageErrorCode(error: unknown): string | null {
+  const { code, syscall } = (error ?? {}) as { code?: unknown; syscall?: unknown };
+  return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) && typeof syscall === 'string' ? code : null;
+}
+
 export function sendError(
   error: unknown,
   request: FastifyRequest,
@@ -103,6 +116,8 @@ export function sendError(
     return;
   }
   const e = toRegistryError(error);
+  const storageCode = storageErrorCode(error);
+  if (storageCode !== null && !clientWentAway(error, request)) storageErrorCounter?.(storageCode);
   if (storageFull(error)) {
     // The operator's to fix (free space or grow the volume), not a bug: one line each, no stack.
     const { code, syscall, path } = error as { code?: unknown; syscall?: unknown; path?: unknown };

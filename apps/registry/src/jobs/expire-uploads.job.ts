@@ -6,7 +6,8 @@ import { systemMeta } from '@strata/events';
 import { UploadService } from '@strata/registry';
 import type { BlobStorage } from '@strata/storage';
 import type { Config } from '../config/config';
-import { CONFIG, LOGGER, POOL, STORAGE } from '../tokens';
+import { CONFIG, LOGGER, METRICS, POOL, STORAGE } from '../tokens';
+import type { Metrics } from '../metrics/metrics';
 import { jobStep } from './job-errors';
 import { withJobLock } from './job-lock';
 
@@ -24,6 +25,7 @@ export class ExpireUploadsJob {
     @Inject(CONFIG) private readonly config: Config,
     @Inject(LOGGER) private readonly logger: Logger,
     @Inject(STORAGE) private readonly storage: BlobStorage,
+    @Inject(METRICS) private readonly metrics: Metrics | null,
   ) {}
 
   @Interval('expire-uploads', 60_000)
@@ -31,13 +33,13 @@ export class ExpireUploadsJob {
     if (this.running) return;
     this.running = true;
     try {
-      await jobStep(this.logger, 'expire-uploads', 'expire idle uploads', async () => {
+      await jobStep(this.logger, 'expire-uploads', 'expire idle uploads', this.metrics, async () => {
         const removed = await withJobLock(this.pool, 'expire-uploads', () => this.run());
         if (removed) this.logger.info({ job: 'expire-uploads', removed }, 'expired idle uploads');
       });
       // Every replica looks at its own view of the storage: another host's dead writers are its to see. Run even
       // when the database is away: the filesystem driver's leftovers need none of it.
-      await jobStep(this.logger, 'expire-uploads', 'remove leftovers', async () => {
+      await jobStep(this.logger, 'expire-uploads', 'remove leftovers', this.metrics, async () => {
         const leftovers = (await this.storage.removeLeftovers?.()) ?? 0;
         if (leftovers)
           this.logger.info({ job: 'expire-uploads', leftovers }, 'removed partial writes of dead processes');

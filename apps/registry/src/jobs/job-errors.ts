@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { databaseUnavailable } from '@strata/db';
+import type { Metrics } from '../metrics/metrics';
 
 /**
  * Runs one step of a job, so a failure of one step does not skip the others. A database that is away (a restart,
@@ -10,10 +11,11 @@ export async function jobStep(
   logger: Logger,
   job: string,
   what: string,
+  metrics: Metrics | null,
   step: () => Promise<void>,
 ): Promise<void> {
   try {
-    await step();
+    await (metrics ? metrics.job(job, step) : step());
   } catch (err) {
     if (databaseUnavailable(err)) {
       const { code, message } = err as { code?: unknown; message?: unknown };

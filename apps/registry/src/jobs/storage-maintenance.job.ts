@@ -5,7 +5,8 @@ import type { Db } from '@strata/db';
 import { EventStore, systemMeta } from '@strata/events';
 import type { BlobStorage, MaintenanceReport } from '@strata/storage';
 import type { Config } from '../config/config';
-import { CONFIG, DB, LOGGER, POOL, STORAGE } from '../tokens';
+import { CONFIG, DB, LOGGER, METRICS, POOL, STORAGE } from '../tokens';
+import type { Metrics } from '../metrics/metrics';
 import { jobStep } from './job-errors';
 import { withJobLock } from './job-lock';
 
@@ -29,6 +30,7 @@ export class StorageMaintenanceJob implements OnModuleInit, OnModuleDestroy {
     @Inject(CONFIG) private readonly config: Config,
     @Inject(LOGGER) private readonly logger: Logger,
     @Inject(STORAGE) private readonly storage: BlobStorage,
+    @Inject(METRICS) private readonly metrics: Metrics | null,
   ) {}
 
   onModuleInit(): void {
@@ -46,7 +48,7 @@ export class StorageMaintenanceJob implements OnModuleInit, OnModuleDestroy {
     this.running = true;
     let report: MaintenanceReport | null = null;
     try {
-      await jobStep(this.logger, JOB, 'maintain storage', async () => {
+      await jobStep(this.logger, JOB, 'maintain storage', this.metrics, async () => {
         report = await withJobLock(this.pool, JOB, () => this.storage.maintain!());
         if (report) await this.record(report);
       });
