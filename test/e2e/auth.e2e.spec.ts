@@ -510,14 +510,18 @@ describe('identity and access (STRATA_AUTH=token)', () => {
     await identity.reportFailures(true);
     const events = await t.database.pool.query<{
       payload: { failures: number; refused: number; accounts: string[] };
-    }>(`SELECT payload FROM events WHERE type = 'auth.failed' ORDER BY seq DESC LIMIT 1`);
-    // One event for the address, with the counts and some of the names.
-    expect((await count()) - before).toBe(1);
-    const payload = events.rows[0]!.payload;
-    expect(payload.failures).toBeGreaterThanOrEqual(20);
-    expect(payload.failures).toBeLessThanOrEqual(20);
-    expect(payload.refused).toBeGreaterThanOrEqual(34);
-    expect(payload.accounts).toEqual(expect.arrayContaining(['mallory', 'par1']));
+    }>(`SELECT payload FROM events WHERE type = 'auth.failed' ORDER BY seq DESC LIMIT $1`, [
+      (await count()) - before,
+    ]);
+    // One event for the address (two when the 5-second reporter ran in between), with the counts and some names.
+    expect(events.rows.length).toBeGreaterThanOrEqual(1);
+    expect(events.rows.length).toBeLessThanOrEqual(2);
+    const sum = (k: 'failures' | 'refused'): number => events.rows.reduce((t, r) => t + r.payload[k], 0);
+    expect(sum('failures')).toBe(20);
+    expect(sum('refused')).toBeGreaterThanOrEqual(34);
+    expect(events.rows.flatMap((r) => r.payload.accounts)).toEqual(
+      expect.arrayContaining(['mallory', 'par1']),
+    );
   });
 
   it('voids tokens when the password changes, and does not carry them to a new account of the same name', async () => {

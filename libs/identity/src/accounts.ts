@@ -13,6 +13,11 @@ const MAX_PASSWORD = 1024;
 const uuidOf = (hex: string): string =>
   `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 
+/** Actions deduplicated, in the order of ACTIONS (pull, push, delete, admin), as stored and shown. */
+export function inActionOrder(actions: readonly Action[]): Action[] {
+  return ACTIONS.filter((a) => actions.includes(a));
+}
+
 export function isValidAccountName(name: string): boolean {
   return NAME_RE.test(name) && name !== 'anonymous';
 }
@@ -72,7 +77,7 @@ export class Accounts {
       throw new AccountError(`invalid repository pattern ${JSON.stringify(pattern)}`);
     if (actions.some((a) => !ACTIONS.includes(a)))
       throw new AccountError(`actions are ${ACTIONS.join(', ')}`);
-    return this.store.setGrant(subject, pattern, [...new Set(actions)].sort(), meta);
+    return this.store.setGrant(subject, pattern, inActionOrder(actions), meta);
   }
 
   groupMember(group: string, account: string, add: boolean, meta: RequestMeta): Promise<boolean> {

@@ -7,6 +7,7 @@ import {
   type Action,
   ACTIONS,
   IdentityStore,
+  inActionOrder,
   isValidAccountName,
   PasswordHasher,
   ScopeError,
@@ -220,7 +221,7 @@ async function run(
         )?.actions ?? [];
       const given = verb === 'add' || third !== undefined ? parseActions(third) : [...current];
       const next =
-        verb === 'add' ? [...new Set([...current, ...given])] : current.filter((a) => !given.includes(a));
+        verb === 'add' ? inActionOrder([...current, ...given]) : current.filter((a) => !given.includes(a));
       const label = `${subject.kind}:${subject.name}`;
       return changed(
         await accounts.setGrant(subject, pattern, next, meta),
