@@ -386,6 +386,42 @@ describe('identity and access (STRATA_AUTH=token)', () => {
       await pollBound();
     });
 
+    it('stops a revoked token on another replica too, which takes the tokens the first one issued', async () => {
+      // A second replica: same database, same signing key (the data directory's).
+      const b = await startTestApp({
+        database: t.database,
+        dataDir: t.dataDir,
+        env: { STRATA_AUTH: 'token', STRATA_ANONYMOUS_PULL: 'public/**' },
+      });
+      try {
+        const meta = systemMeta('test');
+        const created = (await identity.accounts.createToken(
+          'ci-bot',
+          ['repository:team/*:pull'],
+          null,
+          null,
+          meta,
+        ))!;
+        const robot = basic('ci-bot', created.secret);
+        // B learns of the token by its own poll, as it would of one created on any replica.
+        await pollBound();
+        expect(
+          (await fetch(`${b.url}/v2/team/app/tags/list`, { headers: { authorization: robot } })).status,
+        ).toBe(200);
+        const fromA = await tokenFor(t.url, robot, 'repository:team/app:pull');
+        expect((await fetch(`${b.url}/v2/team/app/tags/list`, { headers: bearer(fromA) })).status).toBe(200);
+        await identity.accounts.revokeToken(created.id, meta);
+        await pollBound();
+        expect(
+          (await fetch(`${b.url}/v2/team/app/tags/list`, { headers: { authorization: robot } })).status,
+        ).toBe(401);
+        expect((await fetch(`${b.url}/v2/team/app/tags/list`, { headers: bearer(fromA) })).status).toBe(401);
+        expect(b.serverErrors()).toEqual([]);
+      } finally {
+        await b.close();
+      }
+    });
+
     it('lists in the catalog only what the caller may pull', async () => {
       const alice = await tokenFor(t.url, basic('alice', 'alice-pw'), 'registry:catalog:*');
       const list = (await (await fetch(`${t.url}/v2/_catalog`, { headers: bearer(alice) })).json()) as {
