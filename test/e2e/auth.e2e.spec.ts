@@ -61,6 +61,11 @@ describe('identity and access (STRATA_AUTH=token)', () => {
   let t: TestApp;
   let identity: Identity;
   const admin = basic('admin', 'admin-secret');
+  /** The first layer of `<repository>:v1`, read as the administrator. */
+  const firstLayer = async (repository: string): Promise<string> => {
+    const res = await fetch(`${t.url}/v2/${repository}/manifests/v1`, { headers: { authorization: admin } });
+    return ((await res.json()) as { layers: { digest: string }[] }).layers[0]!.digest;
+  };
 
   beforeAll(async () => {
     t = await startTestApp({
@@ -220,11 +225,7 @@ describe('identity and access (STRATA_AUTH=token)', () => {
     });
 
     it('turns a mount from a repository the caller cannot pull into an ordinary upload', async () => {
-      const head = await fetch(`${t.url}/v2/secret/vault/manifests/v1`, {
-        headers: { authorization: admin },
-      });
-      const manifest = (await head.json()) as { layers: { digest: string }[] };
-      const digest = manifest.layers[0]!.digest;
+      const digest = await firstLayer('secret/vault');
       const token = await tokenFor(
         t.url,
         basic('alice', 'alice-pw'),
@@ -240,8 +241,7 @@ describe('identity and access (STRATA_AUTH=token)', () => {
       const read = await fetch(`${t.url}/v2/team/mine/blobs/${digest}`, { headers: bearer(token) });
       expect(read.status).toBe(404);
       // From a repository she may pull, the mount happens.
-      const own = await fetch(`${t.url}/v2/team/app/manifests/v1`, { headers: { authorization: admin } });
-      const ownDigest = ((await own.json()) as { layers: { digest: string }[] }).layers[0]!.digest;
+      const ownDigest = await firstLayer('team/app');
       const token2 = await tokenFor(
         t.url,
         basic('alice', 'alice-pw'),
@@ -256,10 +256,7 @@ describe('identity and access (STRATA_AUTH=token)', () => {
     });
 
     it('never reads a blob through a repository that does not link it', async () => {
-      const vault = await fetch(`${t.url}/v2/secret/vault/manifests/v1`, {
-        headers: { authorization: admin },
-      });
-      const digest = ((await vault.json()) as { layers: { digest: string }[] }).layers[0]!.digest;
+      const digest = await firstLayer('secret/vault');
       const token = await tokenFor(t.url, basic('alice', 'alice-pw'), 'repository:team/app:pull');
       expect((await fetch(`${t.url}/v2/team/app/blobs/${digest}`, { headers: bearer(token) })).status).toBe(
         404,

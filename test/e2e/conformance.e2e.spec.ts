@@ -41,6 +41,7 @@
  */
 import { createHash, randomInt, randomBytes, randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
+import { systemMeta } from '@strata/events';
 import { startTestApp, type TestApp } from '../support/test-app';
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -543,7 +544,7 @@ describe('OCI Distribution Conformance Tests', () => {
     // where that account may pull, push and delete everything and anonymous clients nothing.
     t = await startTestApp(credentials ? { env: { STRATA_AUTH: 'token' } } : {});
     if (credentials) {
-      const meta = { actor: 'system:test', requestId: null, clientAddr: null, userAgent: null };
+      const meta = systemMeta('test');
       const identity = t.runtime.identity!;
       await identity.accounts.addAccount(credentials.username, 'user', credentials.password, meta);
       await identity.accounts.setGrant(
