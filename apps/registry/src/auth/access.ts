@@ -218,16 +218,25 @@ export function installAccessControl(
 async function identify(identity: Identity, req: FastifyRequest): Promise<Caller> {
   const header = req.headers.authorization;
   if (header === undefined || header === '') return { principal: ANONYMOUS, via: 'none', claims: null };
-  if (header.length > MAX_AUTHORIZATION)
-    throw new RegistryError('UNAUTHORIZED', { reason: 'credentials too long' });
-  const bearer = /^Bearer +([A-Za-z0-9._~+/=-]+) *$/i.exec(header);
+  const bearer = header.length <= MAX_AUTHORIZATION && /^Bearer +([A-Za-z0-9._~+/=-]+) *$/i.exec(header);
   if (bearer) {
     const found = await identity.bearer(bearer[1]!);
     if (!found) throw new RegistryError('UNAUTHORIZED', { reason: 'invalid or expired token' });
     return { principal: found.principal, via: 'bearer', claims: found.claims };
   }
+  return { principal: await basicLogin(identity, req, header), via: 'basic', claims: null };
+}
+
+/** The account of a Basic Authorization header; UNAUTHORIZED for any other header, or wrong credentials. */
+export async function basicLogin(
+  identity: Identity,
+  req: FastifyRequest,
+  header: string,
+): Promise<Principal> {
+  if (header.length > MAX_AUTHORIZATION)
+    throw new RegistryError('UNAUTHORIZED', { reason: 'credentials too long' });
   const basic = parseBasic(header);
-  if (!basic) throw new RegistryError('UNAUTHORIZED', { reason: 'unsupported authorization scheme' });
-  const principal = await identity.login(basic.username, basic.password, requestMeta(req));
-  return { principal, via: 'basic', claims: null };
+  if (!basic)
+    throw new RegistryError('UNAUTHORIZED', { reason: 'expected Basic credentials or a Bearer token' });
+  return identity.login(basic.username, basic.password, requestMeta(req));
 }

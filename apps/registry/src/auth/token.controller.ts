@@ -14,7 +14,7 @@ import type { Config } from '../config/config';
 import { readLimited, requestBody } from '../http/body';
 import { requestMeta } from '../http/request-context';
 import { CONFIG, IDENTITY } from '../tokens';
-import { parseBasic } from './access';
+import { basicLogin } from './access';
 
 const FORM_MAX_BYTES = 64 * 1024;
 const MAX_SCOPES = 64;
@@ -74,14 +74,7 @@ export class TokenController {
     this.checkService(list(query.service)[0]);
     const requested = scopes(list(query.scope));
     const header = req.headers.authorization;
-    let principal: Principal = ANONYMOUS;
-    if (header !== undefined && header !== '') {
-      if (header.length > 8192) throw new RegistryError('UNAUTHORIZED', { reason: 'credentials too long' });
-      const basic = parseBasic(header);
-      if (!basic)
-        throw new RegistryError('UNAUTHORIZED', { reason: 'the token endpoint takes Basic credentials' });
-      principal = await identity.login(basic.username, basic.password, requestMeta(req));
-    }
+    const principal: Principal = header ? await basicLogin(identity, req, header) : ANONYMOUS;
     const offline = list(query.offline_token)[0] === 'true';
     await this.answer(reply, identity, principal, requested, offline);
   }
