@@ -12,6 +12,7 @@
 //   BENCH_STRATA_ENV="K=V …"      extra settings for the Strata server (e.g. STRATA_DIRECT_IO=false)
 //   BENCH_LO_BASE=/path/to/checkout  also runs a second large-object Strata built from that checkout (A/B, same run)
 //   BENCH_AUTH=1                  the authentication mode: bench/auth.mjs (bearer tokens vs auth off vs htpasswd)
+//   BENCH_UI=1                    the web UI's API on 10,000 repositories and 100,000 tags: bench/ui.mjs
 //   DATABASE_URL=postgres://…     PostgreSQL server to create the throw-away bench database on
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -34,6 +35,11 @@ import * as W from './lib/workloads.mjs';
 // BENCH_AUTH=1: the authentication mode instead (bench/auth.mjs).
 if (/^(1|true|yes)$/i.test(process.env.BENCH_AUTH ?? '')) {
   await import('./auth.mjs');
+  process.exit(process.exitCode ?? 0);
+}
+// BENCH_UI=1: the web UI's API (bench/ui.mjs).
+if (/^(1|true|yes)$/i.test(process.env.BENCH_UI ?? '')) {
+  await import('./ui.mjs');
   process.exit(process.exitCode ?? 0);
 }
 

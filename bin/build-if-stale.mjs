@@ -9,10 +9,11 @@
 // the old build or the new one, whole. A build that fails leaves `dist` as it was.
 //
 //   dist -> .dist/<id>            the build in use (a symlink; a real directory from before is moved aside once)
-//   .dist/<id>/                   one build: apps/, libs/, .build-sources.sha256
+//   .dist/<id>/                   one build: apps/, libs/, ui/ (the web UI, served at /ui/), .build-sources.sha256
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
+  copyFileSync,
   existsSync,
   lstatSync,
   mkdirSync,
@@ -32,6 +33,7 @@ const dist = join(root, 'dist');
 const builds = join(root, '.dist');
 const STAMP = '.build-sources.sha256';
 const MAIN = join('apps', 'registry', 'src', 'main.js');
+const UI = join(root, 'apps', 'ui');
 /**
  * Builds kept besides the one in use: the one it replaced (a registry may be starting from it this moment) and
  * any younger than this (another build still compiling, or about to switch to its own).
@@ -42,7 +44,7 @@ function* files(dir) {
   for (const entry of readdirSync(dir, { withFileTypes: true })) {
     const path = join(dir, entry.name);
     if (entry.isDirectory()) yield* files(path);
-    else if (/\.(ts|json)$/.test(entry.name) && !entry.name.endsWith('.spec.ts')) yield path;
+    else if (/\.(ts|tsx|json|css|html)$/.test(entry.name) && !entry.name.endsWith('.spec.ts')) yield path;
   }
 }
 
@@ -68,8 +70,26 @@ function current() {
   }
 }
 
+/** The web UI as the registry serves it: one minified script beside its page and stylesheet. */
+async function buildUi(out) {
+  // Imported here, not above: starting from a build that is current needs no devDependency.
+  const { build: bundle } = await import('esbuild');
+  mkdirSync(out, { recursive: true });
+  await bundle({
+    entryPoints: [join(UI, 'src', 'main.tsx')],
+    outfile: join(out, 'app.js'),
+    tsconfig: join(UI, 'tsconfig.json'),
+    bundle: true,
+    minify: true,
+    target: 'es2020',
+    sourcemap: 'linked',
+    logLevel: 'warning',
+  });
+  for (const file of ['index.html', 'style.css']) copyFileSync(join(UI, file), join(out, file));
+}
+
 /** Compiles directly (never through npm, whose `build` script is this file) into a new build, then switches. */
-function build(hash) {
+async function build(hash) {
   mkdirSync(builds, { recursive: true });
   const id = `${new Date().toISOString().replace(/[:.]/g, '-')}-${process.pid}`;
   const out = join(builds, id);
@@ -84,6 +104,7 @@ function build(hash) {
       cwd: root,
       stdio: 'inherit',
     });
+    await buildUi(join(out, 'ui'));
     writeFileSync(join(out, STAMP), `${hash}\n`);
   } catch (e) {
     rmSync(out, { recursive: true, force: true });
@@ -109,13 +130,13 @@ function prune(...keep) {
 }
 
 const hash = sourcesHash();
-if (process.argv.includes('--always')) build(hash);
+if (process.argv.includes('--always')) await build(hash);
 else {
   const stamp = join(dist, STAMP);
   const built = existsSync(stamp) && existsSync(join(dist, MAIN)) ? readFileSync(stamp, 'utf8').trim() : null;
   if (built === hash) process.stderr.write('strata: dist/ is built from these sources, not rebuilding\n');
   else {
     process.stderr.write(`strata: ${built === null ? 'no build yet' : 'sources changed'}, building\n`);
-    build(hash);
+    await build(hash);
   }
 }

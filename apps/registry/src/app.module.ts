@@ -1,5 +1,6 @@
 import { type DynamicModule, Module } from '@nestjs/common';
 import { ScheduleModule } from '@nestjs/schedule';
+import { ApiController } from './api/api.controller';
 import { TokenController } from './auth/token.controller';
 import { MetricsController } from './metrics/metrics.controller';
 import { HealthController } from './health/health.controller';
@@ -34,6 +35,7 @@ export class AppModule {
         ReferrersController,
         TokenController,
         MetricsController,
+        ApiController,
       ],
     };
   }

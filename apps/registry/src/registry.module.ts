@@ -2,6 +2,7 @@ import { type DynamicModule, Global, Module, type OnApplicationShutdown } from '
 import { ModuleRef } from '@nestjs/core';
 import {
   BlobService,
+  BrowseService,
   CatalogService,
   createRegistry,
   ManifestService,
@@ -48,6 +49,7 @@ export class RegistryModule implements OnApplicationShutdown {
         { provide: BlobService, useValue: registry.blobs },
         { provide: ManifestService, useValue: registry.manifests },
         { provide: CatalogService, useValue: registry.catalog },
+        { provide: BrowseService, useValue: registry.browse },
       ],
       exports: [
         RUNTIME,
@@ -64,6 +66,7 @@ export class RegistryModule implements OnApplicationShutdown {
         BlobService,
         ManifestService,
         CatalogService,
+        BrowseService,
       ],
     };
   }

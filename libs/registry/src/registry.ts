@@ -2,9 +2,11 @@ import type { Logger } from 'pino';
 import type { PreparedStatements } from '@strata/db';
 import type { BlobStorage } from '@strata/storage';
 import { BlobService } from './blob.service';
+import { BrowseService } from './browse.service';
 import { CatalogService } from './catalog.service';
 import { ManifestService } from './manifests/manifest.service';
 import { BlobStore } from './stores/blob.store';
+import { BrowseStore } from './stores/browse.store';
 import { ManifestStore } from './stores/manifest.store';
 import { RepositoryStore } from './stores/repository.store';
 import { TagStore } from './stores/tag.store';
@@ -27,6 +29,7 @@ export interface Registry {
   readonly blobs: BlobService;
   readonly manifests: ManifestService;
   readonly catalog: CatalogService;
+  readonly browse: BrowseService;
   /** Stops background work (hashing catch-ups) once it finishes; nothing is used after. */
   close(): Promise<void>;
 }
@@ -49,12 +52,16 @@ export function createRegistry(d: RegistryDependencies): Registry {
     d.logger,
     options,
   );
+  const blobs = new BlobService(blobStore, d.storage, repositories);
+  const manifests = new ManifestService(manifestStore, tagStore, repositories);
+  const catalog = new CatalogService(repositories, tagStore, manifestStore);
   return {
     repositories,
     uploads,
-    blobs: new BlobService(blobStore, d.storage, repositories),
-    manifests: new ManifestService(manifestStore, tagStore, repositories),
-    catalog: new CatalogService(repositories, tagStore, manifestStore),
+    blobs,
+    manifests,
+    catalog,
+    browse: new BrowseService(new BrowseStore(d.statements), repositories, manifests, blobs, catalog),
     close: () => uploads.close(),
   };
 }

@@ -11,6 +11,8 @@ type Need =
   | { readonly kind: 'none' }
   | { readonly kind: 'login' }
   | { readonly kind: 'catalog' }
+  | { readonly kind: 'session' }
+  | { readonly kind: 'browse' }
   | { readonly kind: 'repository'; readonly action: Action; readonly scope: string };
 
 const PULL = { kind: 'repository', action: 'pull', scope: 'pull' } as const;
@@ -35,8 +37,10 @@ function need(route: string | undefined, method: string): Need {
     case '/v2/:name/tags/list':
     case '/v2/:name/referrers/:digest':
       return PULL;
+    case '/api/v1/session':
+      return { kind: 'session' };
     default:
-      return { kind: 'none' };
+      return route?.startsWith('/api/v1/') ? { kind: 'browse' } : { kind: 'none' };
   }
 }
 
@@ -85,6 +89,23 @@ export function catalogFilter(
   if (!caller) return () => false;
   // The catalog shows what the account may pull, not only what this token names.
   return (name) => identity.allows(caller.principal, name, 'pull');
+}
+
+/**
+ * What the web UI's API shows the caller: every repository and event to an administrator (and with
+ * authentication off), else what the account may pull.
+ */
+export function browseAccess(
+  identity: Identity | null,
+  req: FastifyRequest,
+): { user: string | null; admin: boolean; visible: ((name: string) => boolean) | undefined } {
+  if (!identity) return { user: null, admin: true, visible: undefined };
+  const caller = callers.get(req);
+  if (!caller) return { user: null, admin: false, visible: () => false };
+  const { principal } = caller;
+  const user = principal.kind === 'anonymous' ? null : principal.name;
+  if (identity.directory.isGlobalAdmin(principal)) return { user, admin: true, visible: undefined };
+  return { user, admin: false, visible: (name) => identity.allows(principal, name, 'pull') };
 }
 
 const MAX_AUTHORIZATION = 8192;
@@ -151,7 +172,11 @@ export function installAccessControl(
       return reply;
     }
     const scope =
-      n.kind === 'repository' ? `repository:${name}:${n.scope}` : n.kind === 'catalog' ? CATALOG_SCOPE : null;
+      n.kind === 'repository'
+        ? `repository:${name}:${n.scope}`
+        : n.kind === 'catalog' || n.kind === 'browse'
+          ? CATALOG_SCOPE
+          : null;
     let caller: Caller;
     try {
       caller = await identify(identity, req);
@@ -163,6 +188,12 @@ export function installAccessControl(
     }
     callers.set(req, caller);
     setPrincipal(req, caller.principal);
+    // The UI asks who it is before it logs in; anonymous callers browse only what anonymous pulls allow.
+    if (
+      n.kind === 'session' ||
+      (n.kind === 'browse' && caller.via === 'none' && auth.anonymousPull.length > 0)
+    )
+      return;
     if (n.kind !== 'repository') {
       if (caller.via === 'none') {
         refuse(
@@ -175,8 +206,12 @@ export function installAccessControl(
         return reply;
       }
       // The catalog, as docker's registry has it: a token must name registry:catalog:* (the list then shows what
-      // the account may pull); Basic credentials list the same.
-      if (n.kind === 'catalog' && caller.claims && !caller.claims.access.some((a) => a.type === 'registry')) {
+      // the account may pull); Basic credentials list the same. The UI's API lists too, so it asks the same.
+      if (
+        (n.kind === 'catalog' || n.kind === 'browse') &&
+        caller.claims &&
+        !caller.claims.access.some((a) => a.type === 'registry')
+      ) {
         refuse(
           req,
           reply,

@@ -6,6 +6,7 @@ import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { RegistryError } from '@strata/oci';
 import { AppModule } from '../app.module';
 import { installAccessControl } from '../auth/access';
+import { installUi } from '../ui/ui';
 import type { Runtime } from '../runtime';
 import { discardBody, requestBody } from './body';
 import { answerClientError } from './client-error';
@@ -112,6 +113,7 @@ export async function createApp(runtime: Runtime): Promise<NestFastifyApplicatio
     countStorageErrors((code) => errors.inc({ code }));
   }
   if (runtime.identity && config.auth) installAccessControl(fastify, runtime.identity, config.auth, logger);
+  await installUi(app, logger);
   app.useGlobalFilters(new OciExceptionFilter(logger));
   return app;
 }

@@ -6,6 +6,14 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 const DB_FIGURES_TTL_MS = 5000;
 
 type StatusClass = '1xx' | '2xx' | '3xx' | '4xx' | '5xx';
+/** Requests whose blob the registry held already (counted as `existed`, not `created`). */
+const existing = new WeakSet<FastifyRequest>();
+
+/** Marks the request's committed blob as one the registry already held. */
+export function blobExisted(req: FastifyRequest): void {
+  existing.add(req);
+}
+
 const statusClass = (status: number): StatusClass =>
   `${Math.min(5, Math.max(1, Math.floor(status / 100)))}xx` as StatusClass;
 
@@ -44,7 +52,7 @@ export class Metrics {
   });
   private readonly blobCommits = new Counter({
     name: 'strata_blob_commits_total',
-    help: 'Blob uploads completed (created, or mounted from another repository) or refused (4xx)',
+    help: 'Blob uploads completed (created, or mounted from another repository), completed with a blob the registry held already (existed), or refused (4xx)',
     labelNames: ['outcome'] as const,
     registers: [this.registry],
   });
@@ -167,7 +175,7 @@ export class Metrics {
         status < 500 &&
         isMonolithic(req))
     )
-      this.blobCommits.inc({ outcome });
+      this.blobCommits.inc({ outcome: outcome === 'created' && existing.has(req) ? 'existed' : outcome });
     else if (route === '/v2/:name/manifests/:reference' && req.method === 'PUT')
       this.manifestPushes.inc({ outcome });
   }

@@ -20,6 +20,7 @@ import { callerMay } from '../auth/access';
 import { IDENTITY } from '../tokens';
 import { parseContentRange, requestBody } from '../http/body';
 import { requestMeta } from '../http/request-context';
+import { blobExisted } from '../metrics/metrics';
 
 const uploadLocation = (name: string, id: string): string => `/v2/${name}/blobs/uploads/${id}`;
 const blobLocation = (name: string, digest: string): string => `/v2/${name}/blobs/${digest}`;
@@ -67,6 +68,7 @@ export class UploadsController {
     const body = requestBody(req);
     if (digest !== undefined && mount === undefined) {
       const blob = await this.uploads.upload(name, digest, body ?? (async function* () {})(), meta);
+      if (blob.existed) blobExisted(req);
       await reply
         .code(201)
         .headers({ Location: blobLocation(name, blob.digest), 'Docker-Content-Digest': blob.digest })
@@ -117,6 +119,7 @@ export class UploadsController {
     const d = single(digest);
     if (d === undefined) throw new RegistryError('DIGEST_INVALID', 'the digest query parameter is required');
     const blob = await this.uploads.commit(name, id, d, requestBody(req), requestMeta(req));
+    if (blob.existed) blobExisted(req);
     await reply
       .code(201)
       .headers({ Location: blobLocation(name, blob.digest), 'Docker-Content-Digest': blob.digest })

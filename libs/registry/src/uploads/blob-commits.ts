@@ -13,6 +13,8 @@ import type { UploadHashing } from './upload-hashing';
 export interface CommittedBlob {
   readonly digest: string;
   readonly size: number;
+  /** The registry held the blob already (an identical upload committed first): this one's bytes were dropped. */
+  readonly existed: boolean;
 }
 
 /**
@@ -146,7 +148,7 @@ export class BlobCommits {
     }
     if (!outcome.created) await this.removeObjects(copies);
     assertStoredSize(outcome, digest, size);
-    return { digest, size };
+    return { digest, size, existed: !outcome.created };
   }
 
   /**
@@ -232,7 +234,7 @@ export class BlobCommits {
       ...chunks.map((c) => c.storage_key),
       ...(created || key === null ? [] : [key]),
     ]);
-    return { digest, size };
+    return { digest, size, existed: !created };
   }
 
   private async publishOne(p: Publication, tx?: Tx): Promise<PublishOutcome> {

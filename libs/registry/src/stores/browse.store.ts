@@ -1,0 +1,191 @@
+import type { PreparedStatements, Statement } from '@strata/db';
+
+/** A repository is listed once it holds a manifest or a linked blob, as in the catalog. */
+const LISTED = `(EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
+  OR EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = r.id))`;
+
+/** Index media types, whose content the tag list reads for its children's platforms. */
+const INDEX_TYPES = `('application/vnd.oci.image.index.v1+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json')`;
+
+// Keyset pages in bytewise order (COLLATE "C", served by the *_name_c_idx indexes); '' is before every name.
+const SQL = {
+  repositories: {
+    name: 'browse_repositories',
+    text: `SELECT r.id, r.name FROM repositories r
+      WHERE r.name COLLATE "C" > $1 AND strpos(r.name, $2) > 0 AND ${LISTED}
+      ORDER BY r.name COLLATE "C" LIMIT $3`,
+  },
+  summaries: {
+    name: 'browse_repository_summaries',
+    text: `SELECT r.id,
+        (SELECT count(*) FROM tags t WHERE t.repository_id = r.id)::int AS tags,
+        (SELECT coalesce(sum(b.size), 0) FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+          WHERE rb.repository_id = r.id)::bigint
+          + (SELECT coalesce(sum(m.size), 0) FROM manifests m WHERE m.repository_id = r.id)::bigint AS size,
+        greatest((SELECT max(t.updated_at) FROM tags t WHERE t.repository_id = r.id),
+          (SELECT max(m.created_at) FROM manifests m WHERE m.repository_id = r.id)) AS last_push
+      FROM repositories r WHERE r.id = ANY($1::bigint[])`,
+  },
+  tags: {
+    name: 'browse_tags',
+    text: `SELECT t.name, t.digest, m.media_type, tl.started_at AS pushed_at, e.actor AS pushed_by,
+        m.size
+          + (SELECT coalesce(sum(mr.size), 0) FROM manifest_references mr
+              WHERE mr.repository_id = t.repository_id AND mr.parent_digest = t.digest)::bigint
+          + (SELECT coalesce(sum(cr.size), 0) FROM manifest_references mr
+              JOIN manifest_references cr ON cr.repository_id = mr.repository_id AND cr.parent_digest = mr.child_digest
+              WHERE mr.repository_id = t.repository_id AND mr.parent_digest = t.digest AND mr.kind = 'manifest')::bigint
+          AS size,
+        CASE WHEN m.media_type IN ${INDEX_TYPES} THEN m.content END AS index_content
+      FROM tags t
+      JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
+      LEFT JOIN tag_lifetimes tl ON tl.repository_id = t.repository_id AND tl.tag = t.name AND tl.ended_at IS NULL
+      LEFT JOIN events e ON e.seq = tl.started_seq
+      WHERE t.repository_id = $1 AND t.name COLLATE "C" > $2 AND strpos(t.name, $3) > 0
+      ORDER BY t.name COLLATE "C" LIMIT $4`,
+  },
+  tagsAt: {
+    name: 'browse_tags_at',
+    text: `SELECT name FROM tags WHERE repository_id = $1 AND digest = $2 ORDER BY name COLLATE "C" LIMIT 100`,
+  },
+  pushed: {
+    name: 'browse_manifest_pushed',
+    text: `SELECT pushed_at, pushed_by, "references" FROM manifest_history
+      WHERE repository = $1 AND digest = $2 ORDER BY pushed_seq DESC LIMIT 1`,
+  },
+  timeline: {
+    name: 'browse_timeline',
+    text: `SELECT digest, started_at, ended_at, started_by, ended_by, end_reason, started_seq FROM tag_history
+      WHERE repository = $1 AND tag = $2 ORDER BY started_seq DESC LIMIT $3`,
+  },
+  // The newest events first, before a seq; every filter optional (NULL matches all). An action ending in '.' is
+  // a prefix: 'tag.' is every tag event.
+  audit: {
+    name: 'browse_audit',
+    text: `SELECT seq, at, actor, type AS action, repository, subject, payload ->> 'digest' AS digest,
+        payload ->> 'tag' AS tag, payload ->> 'previous' AS previous_digest,
+        CASE WHEN jsonb_typeof(payload -> 'size') = 'number' THEN (payload ->> 'size')::bigint END AS size,
+        request_id, client_addr, user_agent
+      FROM events
+      WHERE seq < $1
+        AND ($2::text IS NULL OR actor = $2)
+        AND ($3::text IS NULL OR repository = $3)
+        AND ($4::text IS NULL OR type = $4 OR (right($4, 1) = '.' AND starts_with(type, $4)))
+        AND ($5::timestamptz IS NULL OR at >= $5)
+        AND ($6::timestamptz IS NULL OR at < $6)
+      ORDER BY seq DESC LIMIT $7`,
+  },
+} satisfies Record<string, Statement>;
+
+export interface RepositoryRow {
+  readonly id: number;
+  readonly name: string;
+}
+
+export interface RepositorySummaryRow {
+  readonly id: number;
+  readonly tags: number;
+  readonly size: number;
+  readonly last_push: Date | null;
+}
+
+export interface TagRow {
+  readonly name: string;
+  readonly digest: string;
+  readonly media_type: string;
+  readonly size: number;
+  readonly pushed_at: Date | null;
+  readonly pushed_by: string | null;
+  readonly index_content: Buffer | null;
+}
+
+export interface PushedRow {
+  readonly pushed_at: Date;
+  readonly pushed_by: string;
+  readonly references: { digest: string; kind: string; size: number }[] | null;
+}
+
+export interface TimelineRow {
+  readonly digest: string;
+  readonly started_at: Date;
+  readonly ended_at: Date | null;
+  readonly started_by: string;
+  readonly ended_by: string | null;
+  readonly end_reason: 'moved' | 'deleted' | null;
+  readonly started_seq: number;
+}
+
+export interface AuditFilter {
+  readonly before: number | null;
+  readonly actor: string | null;
+  readonly repository: string | null;
+  readonly action: string | null;
+  readonly since: Date | null;
+  readonly until: Date | null;
+}
+
+export interface AuditRow {
+  readonly seq: number;
+  readonly at: Date;
+  readonly actor: string;
+  readonly action: string;
+  readonly repository: string | null;
+  readonly subject: string | null;
+  readonly digest: string | null;
+  readonly tag: string | null;
+  readonly previous_digest: string | null;
+  readonly size: number | null;
+  readonly request_id: string | null;
+  readonly client_addr: string | null;
+  readonly user_agent: string | null;
+}
+
+/**
+ * The read model of the web UI's API: read-only queries across the projections and the history views of
+ * migration 0004 (tag_history, manifest_history). It writes nothing, so it does not take from the stores their
+ * place as the only writers of their tables.
+ */
+export class BrowseStore {
+  constructor(private readonly statements: PreparedStatements) {}
+
+  /** Up to `limit` listed repositories whose name holds `q`, after `after` (bytewise). */
+  repositories(after: string, q: string, limit: number): Promise<RepositoryRow[]> {
+    return this.statements.rows<RepositoryRow>(SQL.repositories, [after, q, limit]);
+  }
+
+  summaries(ids: readonly number[]): Promise<RepositorySummaryRow[]> {
+    return this.statements.rows<RepositorySummaryRow>(SQL.summaries, [ids]);
+  }
+
+  tags(repositoryId: number, after: string, q: string, limit: number): Promise<TagRow[]> {
+    return this.statements.rows<TagRow>(SQL.tags, [repositoryId, after, q, limit]);
+  }
+
+  async tagsAt(repositoryId: number, digest: string): Promise<string[]> {
+    return (await this.statements.rows<{ name: string }>(SQL.tagsAt, [repositoryId, digest])).map(
+      (r) => r.name,
+    );
+  }
+
+  /** The latest push of `digest` to `repository` from the event log, deleted manifests included. */
+  pushed(repository: string, digest: string): Promise<PushedRow | undefined> {
+    return this.statements.row<PushedRow>(SQL.pushed, [repository, digest]);
+  }
+
+  timeline(repository: string, tag: string, limit: number): Promise<TimelineRow[]> {
+    return this.statements.rows<TimelineRow>(SQL.timeline, [repository, tag, limit]);
+  }
+
+  audit(f: AuditFilter, limit: number): Promise<AuditRow[]> {
+    return this.statements.rows<AuditRow>(SQL.audit, [
+      f.before ?? Number.MAX_SAFE_INTEGER,
+      f.actor,
+      f.repository,
+      f.action,
+      f.since,
+      f.until,
+      limit,
+    ]);
+  }
+}
