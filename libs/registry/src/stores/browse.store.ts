@@ -4,10 +4,6 @@ import type { PreparedStatements, Statement } from '@strata/db';
 const LISTED = `(EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
   OR EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = r.id))`;
 
-/** Index media types, whose content the tag list reads for its children's platforms. */
-const INDEX_TYPES = `('application/vnd.oci.image.index.v1+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json')`;
-
 // Keyset pages in bytewise order (COLLATE "C", served by the *_name_c_idx indexes); '' is before every name.
 const SQL = {
   repositories: {
@@ -16,34 +12,15 @@ const SQL = {
       WHERE r.name COLLATE "C" > $1 AND strpos(r.name, $2) > 0 AND ${LISTED}
       ORDER BY r.name COLLATE "C" LIMIT $3`,
   },
+  // Functions of migration 0015: they run with JIT off (see there why).
   summaries: {
     name: 'browse_repository_summaries',
-    text: `SELECT r.id,
-        (SELECT count(*) FROM tags t WHERE t.repository_id = r.id)::int AS tags,
-        (SELECT coalesce(sum(b.size), 0) FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
-          WHERE rb.repository_id = r.id)::bigint
-          + (SELECT coalesce(sum(m.size), 0) FROM manifests m WHERE m.repository_id = r.id)::bigint AS size,
-        greatest((SELECT max(t.updated_at) FROM tags t WHERE t.repository_id = r.id),
-          (SELECT max(m.created_at) FROM manifests m WHERE m.repository_id = r.id)) AS last_push
-      FROM repositories r WHERE r.id = ANY($1::bigint[])`,
+    text: 'SELECT id, tags, size, last_push FROM strata_repository_summaries($1::bigint[])',
   },
   tags: {
     name: 'browse_tags',
-    text: `SELECT t.name, t.digest, m.media_type, tl.started_at AS pushed_at, e.actor AS pushed_by,
-        m.size
-          + (SELECT coalesce(sum(mr.size), 0) FROM manifest_references mr
-              WHERE mr.repository_id = t.repository_id AND mr.parent_digest = t.digest)::bigint
-          + (SELECT coalesce(sum(cr.size), 0) FROM manifest_references mr
-              JOIN manifest_references cr ON cr.repository_id = mr.repository_id AND cr.parent_digest = mr.child_digest
-              WHERE mr.repository_id = t.repository_id AND mr.parent_digest = t.digest AND mr.kind = 'manifest')::bigint
-          AS size,
-        CASE WHEN m.media_type IN ${INDEX_TYPES} THEN m.content END AS index_content
-      FROM tags t
-      JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
-      LEFT JOIN tag_lifetimes tl ON tl.repository_id = t.repository_id AND tl.tag = t.name AND tl.ended_at IS NULL
-      LEFT JOIN events e ON e.seq = tl.started_seq
-      WHERE t.repository_id = $1 AND t.name COLLATE "C" > $2 AND strpos(t.name, $3) > 0
-      ORDER BY t.name COLLATE "C" LIMIT $4`,
+    text: `SELECT name, digest, media_type, pushed_at, pushed_by, size, index_content
+      FROM strata_tag_page($1::bigint, $2::text, $3::text, $4::int)`,
   },
   tagsAt: {
     name: 'browse_tags_at',
