@@ -20,7 +20,8 @@ $$;
 
 -- A page of a repository's tags after p_after (bytewise) whose name holds p_q: each with its manifest's media
 -- type, its size with everything it refers to (an index: with its children's), who moved the tag there and when,
--- and an index's content (for its children's platforms).
+-- and an index's content, for its children's platforms, when it is no larger than 64 KiB (real ones are a few KiB;
+-- a page of 100 padded 4 MiB indexes would otherwise bring 400 MiB into the registry's memory).
 CREATE FUNCTION strata_tag_page(p_repository_id bigint, p_after text, p_q text, p_limit int)
 RETURNS TABLE (name text, digest text, media_type text, pushed_at timestamptz, pushed_by text, size bigint,
                index_content bytea)
@@ -34,7 +35,7 @@ LANGUAGE sql STABLE SET jit = off AS $$
           WHERE mr.repository_id = t.repository_id AND mr.parent_digest = t.digest AND mr.kind = 'manifest')::bigint,
     CASE WHEN m.media_type IN ('application/vnd.oci.image.index.v1+json',
                                'application/vnd.docker.distribution.manifest.list.v2+json')
-      THEN m.content END
+      AND m.size <= 65536 THEN m.content END
   FROM tags t
   JOIN manifests m ON m.repository_id = t.repository_id AND m.digest = t.digest
   LEFT JOIN tag_lifetimes tl ON tl.repository_id = t.repository_id AND tl.tag = t.name AND tl.ended_at IS NULL

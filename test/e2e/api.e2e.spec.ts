@@ -89,7 +89,13 @@ describe('the web UI API (/api/v1), authentication off', () => {
 
   it('says authentication is off and gives the host to pull from', async () => {
     const s = await get<Session>('/api/v1/session');
-    expect(s).toEqual({ auth: false, user: null, admin: true, registry: new URL(t.url).host });
+    expect(s).toEqual({
+      auth: false,
+      user: null,
+      anonymous: true,
+      admin: true,
+      registry: new URL(t.url).host,
+    });
   });
 
   it('lists repositories with tag counts, size and last push, searched and paged', async () => {
@@ -289,6 +295,9 @@ describe('the web UI API (/api/v1), authentication off', () => {
       [`/api/v1/repositories?q=${'a'.repeat(300)}`, 400, 'BAD_REQUEST'],
       ['/api/v1/repositories?q=%00', 400, 'BAD_REQUEST'],
       ['/api/v1/audit?since=yesterday', 400, 'BAD_REQUEST'],
+      ['/api/v1/audit?since=2024-02-30T00:00:00Z', 400, 'BAD_REQUEST'],
+      ['/api/v1/audit?since=2024-02-01T00:00:00', 400, 'BAD_REQUEST'],
+      ['/api/v1/audit?since=2024-02-01', 400, 'BAD_REQUEST'],
       ['/api/v1/audit?before=0', 400, 'BAD_REQUEST'],
       ['/api/v1/audit?action=DROP%20TABLE', 400, 'BAD_REQUEST'],
       ['/api/v1/nothing', 404, 'UNSUPPORTED'],
@@ -378,11 +387,56 @@ describe('the web UI API with STRATA_AUTH=token', () => {
     expect([hidden.status, await errorCodes(hidden)]).toEqual([404, ['NAME_UNKNOWN']]);
     const audit = await json<AuditPage>(await fetch(`${t.url}/api/v1/audit?limit=100`, { headers: carol }));
     expect(new Set(audit.items.map((e) => e.repository))).toEqual(new Set(['public/base', 'team/web']));
+    // Who sent a request (address, user agent, request id) is for administrators.
+    expect(
+      audit.items.every((e) => e.clientAddr === null && e.userAgent === null && e.requestId === null),
+    ).toBe(true);
+    // A hidden repository's events are as absent as an unknown one's: no items, no cursor.
+    for (const repository of ['secret/vault', 'no/such'])
+      expect(
+        await json<AuditPage>(
+          await fetch(`${t.url}/api/v1/audit?${q({ repository, limit: '1' })}`, { headers: carol }),
+        ),
+      ).toEqual({ items: [], next: null });
+    // Anonymous visitors browse what they may pull, but not the audit log.
+    const anonymous = await fetch(`${t.url}/api/v1/audit`);
+    expect([anonymous.status, await errorCodes(anonymous)]).toEqual([401, ['UNAUTHORIZED']]);
     const all = await json<AuditPage>(
       await fetch(`${t.url}/api/v1/audit?limit=100`, { headers: await uiToken('admin', 'admin-secret') }),
     );
     expect(all.items.some((e) => e.repository === 'secret/vault')).toBe(true);
     expect(all.items.some((e) => e.repository === null)).toBe(true);
+    expect(all.items.some((e) => e.clientAddr === '127.0.0.1')).toBe(true);
+  });
+
+  it('fills pages from what the caller may see, with cursors that name only what it sees', async () => {
+    const layer = randomBlob(50);
+    for (let i = 0; i < 5; i++) await pushImage(t.url, `secret/many-${i}`, 'v1', [layer], admin);
+    await pushImage(t.url, 'team/zz', 'v1', [layer], admin);
+    const carol = await uiToken('carol', 'carol-pw');
+    const seen: string[] = [];
+    let after = '';
+    for (;;) {
+      const page = await json<Page<RepositorySummary>>(
+        await fetch(`${t.url}/api/v1/repositories?${q({ limit: '1', after })}`, { headers: carol }),
+      );
+      expect(page.items).toHaveLength(1);
+      seen.push(page.items[0]!.name);
+      if (page.next === null) break;
+      expect(page.next).toBe(page.items[0]!.name);
+      after = page.next;
+    }
+    expect(seen).toEqual(['public/base', 'team/web', 'team/zz']);
+    // Through a personal access token, only what its scopes allow as well.
+    const made = await t.runtime.identity!.accounts.createToken(
+      'carol',
+      ['repository:team/zz:pull'],
+      null,
+      'ui-test',
+      systemMeta('test'),
+    );
+    await t.runtime.identity!.directory.reload();
+    expect(await names(await uiToken('carol', made!.secret))).toEqual(['public/base', 'team/zz']);
   });
 
   it('refuses a bad token, and a registry token that does not name the catalog', async () => {

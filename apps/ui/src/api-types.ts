@@ -7,6 +7,8 @@ export interface Session {
   readonly auth: boolean;
   /** The account the request came as; null when anonymous (or when auth is off). */
   readonly user: string | null;
+  /** Whether visitors who are not logged in may browse what anonymous pulls allow (STRATA_ANONYMOUS_PULL). */
+  readonly anonymous: boolean;
   /** Whether the account may see every repository and the whole audit log (always true with auth off). */
   readonly admin: boolean;
   /** host[:port] to put in the pull lines (`docker pull <registry>/<repository>:<tag>`). */
@@ -40,7 +42,7 @@ export interface TagSummary {
   readonly mediaType: string;
   /** The manifest, its config and layers (for an index: with every child's). */
   readonly size: number;
-  /** For an index: the platforms of its children; null for an image. */
+  /** For an index: the platforms of its children; null for an image (and an index larger than 64 KiB). */
   readonly platforms: Platform[] | null;
   /** When the tag came to point at this digest, and who did that. */
   readonly pushedAt: string;

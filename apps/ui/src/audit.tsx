@@ -109,9 +109,19 @@ function TagCell({ repository, tag }: { repository: string | null; tag: string |
   return repository ? <a href={href.timeline(repository, tag)}>{tag}</a> : <>{tag}</>;
 }
 
-function DigestCell({ repository, digest }: { repository: string | null; digest: string | null }) {
+function DigestCell({
+  repository,
+  digest,
+  action,
+}: {
+  repository: string | null;
+  digest: string | null;
+  action: string;
+}) {
   if (digest === null) return <>—</>;
-  if (repository) return <DigestLink repository={repository} digest={digest} />;
+  // Only manifests have a page: a blob's digest (an upload's, a mount's) is shown, not linked.
+  const manifest = action.startsWith('manifest.') || action.startsWith('tag.');
+  if (repository && manifest) return <DigestLink repository={repository} digest={digest} />;
   return <code title={digest}>{shortDigest(digest)}</code>;
 }
 
@@ -132,7 +142,7 @@ function EventRow({ event }: { event: AuditEvent }) {
         <TagCell repository={repository} tag={tag} />
       </td>
       <td>
-        <DigestCell repository={repository} digest={digest} />
+        <DigestCell repository={repository} digest={digest} action={event.action} />
       </td>
       <td>{event.requestId ? <code>{event.requestId}</code> : '—'}</td>
     </tr>

@@ -22,7 +22,10 @@ async function openSession(): Promise<Gate> {
   let session = await fetchSession();
   // A reload keeps the refresh token but not the access token: renewed before asking for the password again.
   if (session.auth && session.user === null && (await renew())) session = await fetchSession();
-  return session.auth && session.user === null ? { state: 'login' } : { state: 'in', session };
+  // Visitors who are not logged in browse what anonymous pulls allow, when the registry allows any.
+  return session.auth && session.user === null && !session.anonymous
+    ? { state: 'login' }
+    : { state: 'in', session };
 }
 
 function LoginForm({ onLoggedIn }: { onLoggedIn: () => void }) {
@@ -112,10 +115,12 @@ function Header({
   route,
   session,
   onLogOut,
+  onLogIn,
 }: {
   route: Route;
   session: Session | null;
   onLogOut: () => void;
+  onLogIn: () => void;
 }) {
   const current = (view: Route['view']) => (route.view === view ? 'page' : undefined);
   return (
@@ -132,6 +137,13 @@ function Header({
             Audit log
           </a>
         </nav>
+      )}
+      {session && session.auth && !session.user && (
+        <div class="user">
+          <button type="button" onClick={onLogIn}>
+            Log in
+          </button>
+        </div>
       )}
       {session?.user && (
         <div class="user">
@@ -208,7 +220,12 @@ function App() {
   };
   return (
     <>
-      <Header route={route} session={gate.state === 'in' ? gate.session : null} onLogOut={logOutNow} />
+      <Header
+        route={route}
+        session={gate.state === 'in' ? gate.session : null}
+        onLogOut={logOutNow}
+        onLogIn={() => setGate({ state: 'login' })}
+      />
       <main ref={main} tabIndex={-1}>
         <Gated gate={gate} route={route} path={path} start={start} />
       </main>

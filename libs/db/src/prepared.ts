@@ -23,6 +23,18 @@ export class PreparedStatements {
     return result.rows;
   }
 
+  /**
+   * The rows of `statement`, planned for these values every time (an unnamed statement): for a statement whose
+   * optional filters (`$n IS NULL OR ...`) make any one plan wrong for most calls, as a prepared statement's
+   * generic plan would be after its fifth run.
+   */
+  async rowsPlannedEachTime<T extends pg.QueryResultRow>(
+    statement: Statement,
+    values: unknown[],
+  ): Promise<T[]> {
+    return (await this.pool.query<T>(statement.text, values)).rows;
+  }
+
   /** The first row of `statement`, if any. */
   async row<T extends pg.QueryResultRow>(
     statement: Statement,

@@ -173,6 +173,25 @@ export class Directory {
     );
   }
 
+  /**
+   * What `allows(principal, name, 'pull')` answers, as patterns, for filtering lists in SQL: a name is pullable
+   * when it matches one of `anonymous`, or one of `granted` and, through an access token, one of `scoped` too.
+   */
+  pullPatterns(principal: Principal): { anonymous: string[]; granted: string[]; scoped: string[] | null } {
+    const anonymous = [...this.anonymousPull];
+    if (principal.kind === 'anonymous' || !this.active(principal))
+      return { anonymous, granted: [], scoped: null };
+    const account = this.accounts.get(principal.name)!;
+    const granted = account.grants.filter((g) => g.actions.includes('pull')).map((g) => g.pattern);
+    if (principal.tokenId === null) return { anonymous, granted, scoped: null };
+    const token = this.tokens.get(principal.tokenId)!;
+    return {
+      anonymous,
+      granted,
+      scoped: token.scopes.filter((s) => s.actions.includes('pull')).map((s) => s.pattern),
+    };
+  }
+
   /** An enabled account (not through a token) granted `admin` on `**`: the operators (metrics, later the admin API). */
   isGlobalAdmin(principal: Principal): boolean {
     if (principal.kind === 'anonymous' || principal.tokenId !== null || !this.active(principal)) return false;

@@ -1,4 +1,11 @@
-import { isValidPattern, parseScope, parseScopePattern, patternMatches, ScopeError } from './scope';
+import {
+  isValidPattern,
+  parseScope,
+  parseScopePattern,
+  patternMatches,
+  patternRegex,
+  ScopeError,
+} from './scope';
 
 describe('repository patterns', () => {
   it.each([
@@ -83,5 +90,43 @@ describe('scopes', () => {
       actions: ['pull', 'push'],
     });
     expect(() => parseScopePattern('repository:team/**:fly')).toThrow(ScopeError);
+  });
+});
+
+describe('patternRegex', () => {
+  const patterns = [
+    '**',
+    'team/**',
+    'team/*',
+    'team/app',
+    'team/app-*',
+    '*/app',
+    'a/**/b',
+    '**/b',
+    'a.b/*',
+    'x*y/**/z*',
+  ];
+  const names = [
+    'team',
+    'team/app',
+    'team/app-1',
+    'team/app/x',
+    'other/app',
+    'a/b',
+    'a/x/y/b',
+    'a/b/c',
+    'b',
+    'x/b',
+    'a.b/c',
+    'axb/c',
+    'xy/z',
+    'xqy/k/zz',
+    'xy/k',
+  ];
+
+  it('accepts exactly the names patternMatches accepts (the SQL filters of the UI API use it)', () => {
+    for (const p of patterns)
+      for (const n of names)
+        expect([p, n, new RegExp(patternRegex(p)).test(`${n}/`)]).toEqual([p, n, patternMatches(p, n)]);
   });
 });

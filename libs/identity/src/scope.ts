@@ -122,6 +122,22 @@ export function patternMatches(pattern: string, name: string): boolean {
 }
 
 /**
+ * The pattern as a POSIX regular expression (PostgreSQL's `~`, and JavaScript's RegExp alike) over the name with a
+ * slash appended (`name || '/'`): each segment then ends in a slash, so `**` is `([^/]+/)*` (zero or more
+ * segments), or `([^/]+/)+` at the end (one or more), exactly as patternMatches reads it.
+ */
+export function patternRegex(pattern: string): string {
+  const ps = pattern.split('/');
+  const body = ps
+    .map((seg, i) => {
+      if (seg === '**') return i === ps.length - 1 ? '([^/]+/)+' : '([^/]+/)*';
+      return `${seg.replace(/[.]/g, '\\.').replace(/\*/g, '[^/]*')}/`;
+    })
+    .join('');
+  return `^${body}$`;
+}
+
+/**
  * A token scope given on the command line (`repository:team/*:pull,push`): like parseScope, but the name is a
  * pattern.
  */

@@ -2,20 +2,25 @@ import { assertName, MEDIA_TYPE, parseDigest, RegistryError } from '@strata/oci'
 import type { BlobService } from './blob.service';
 import type { CatalogService } from './catalog.service';
 import type { ManifestService } from './manifests/manifest.service';
-import type { AuditFilter, AuditRow, BrowseStore, TagRow, TimelineRow } from './stores/browse.store';
+import type { AuditFilter, BrowseStore, TagRow, TimelineRow, VisibleFilter } from './stores/browse.store';
 import type { RepositoryStore } from './stores/repository.store';
 
 /** The most entries of one page of the UI's API. */
 export const MAX_BROWSE_PAGE = 100;
-/** Rows read at most to fill one page for a caller who may see only some of them. */
-const MAX_FILTERED_SCAN = 10_000;
 /** A config blob larger than this is not read for its summary (real ones are a few KiB). */
 const MAX_CONFIG_BYTES = 1024 * 1024;
 /** Periods of one tag's timeline shown at most. */
 const MAX_TIMELINE = 1000;
 
-/** Which names the caller may see; undefined: all of them (authentication off, or an administrator). */
-export type Visible = ((repository: string) => boolean) | undefined;
+/**
+ * What the caller may see: `visible` for one name, `filter` the same as SQL (null: everything, with
+ * authentication off or for an administrator), and whether it is an administrator.
+ */
+export interface Caller {
+  readonly admin: boolean;
+  readonly visible: (repository: string) => boolean;
+  readonly filter: VisibleFilter | null;
+}
 
 export interface BrowsePage<T> {
   readonly items: T[];
@@ -165,36 +170,19 @@ export class BrowseService {
     private readonly catalog: CatalogService,
   ) {}
 
-  async repositoryPage(q: string, after: string, limit: number, visible: Visible) {
-    const shown: { id: number; name: string }[] = [];
-    let cursor = after;
-    let next: string | null = null;
-    // Read in batches until the page is full: with a filter, a caller who may see few names gets a shorter page
-    // (and a cursor) rather than making one request read the whole table.
-    for (let scanned = 0; ; ) {
-      const batch = visible ? Math.max(limit + 1, 200) : limit + 1;
-      const rows = await this.store.repositories(cursor, q, batch);
-      for (const r of rows) if (!visible || visible(r.name)) shown.push(r);
-      if (shown.length > limit) {
-        next = shown[limit - 1]!.name;
-        break;
-      }
-      if (rows.length < batch) break;
-      cursor = rows[rows.length - 1]!.name;
-      scanned += rows.length;
-      if (scanned >= MAX_FILTERED_SCAN) {
-        next = cursor;
-        break;
-      }
-    }
-    const page = shown.slice(0, limit);
+  /** A page of the repositories the caller may see (filtered in SQL, so pages are full and cursors are seen names). */
+  async repositoryPage(q: string, after: string, limit: number, caller: Caller) {
+    const rows = (await this.store.repositories(after, q, limit + 1, caller.filter)).filter((r) =>
+      caller.visible(r.name),
+    );
+    const page = rows.slice(0, limit);
     const summaries = new Map((await this.store.summaries(page.map((r) => r.id))).map((s) => [s.id, s]));
     return {
       items: page.map((r) => {
         const s = summaries.get(r.id);
         return { name: r.name, tags: s?.tags ?? 0, size: s?.size ?? 0, lastPush: iso(s?.last_push ?? null) };
       }),
-      next,
+      next: rows.length > limit ? page[page.length - 1]!.name : null,
     };
   }
 
@@ -300,29 +288,18 @@ export class BrowseService {
     };
   }
 
-  /** The newest events first; with `visible`, only events of repositories the caller may pull. */
-  async audit(filter: AuditFilter, limit: number, visible: Visible) {
-    const shown: AuditRow[] = [];
-    let before = filter.before;
-    let next: string | null = null;
-    for (let scanned = 0; ; ) {
-      const batch = visible ? Math.max(limit + 1, 500) : limit + 1;
-      const rows = await this.store.audit({ ...filter, before }, batch);
-      for (const r of rows) if (!visible || (r.repository !== null && visible(r.repository))) shown.push(r);
-      if (shown.length > limit) {
-        next = String(shown[limit - 1]!.seq);
-        break;
-      }
-      if (rows.length < batch) break;
-      before = rows[rows.length - 1]!.seq;
-      scanned += rows.length;
-      if (scanned >= MAX_FILTERED_SCAN) {
-        next = String(before);
-        break;
-      }
-    }
+  /**
+   * The newest events first, of repositories the caller may see (filtered in SQL). Who sent them (address, user
+   * agent, request id) is shown to administrators only.
+   */
+  async audit(filter: AuditFilter, limit: number, caller: Caller) {
+    if (filter.repository !== null && !caller.visible(filter.repository)) return { items: [], next: null };
+    const rows = (await this.store.audit(filter, limit + 1, caller.filter)).filter(
+      (r) => caller.filter === null || (r.repository !== null && caller.visible(r.repository)),
+    );
+    const page = rows.slice(0, limit);
     return {
-      items: shown.slice(0, limit).map((r) => ({
+      items: page.map((r) => ({
         seq: r.seq,
         at: r.at.toISOString(),
         actor: r.actor,
@@ -333,11 +310,11 @@ export class BrowseService {
         tag: r.tag,
         previousDigest: r.previous_digest,
         size: r.size,
-        requestId: r.request_id,
-        clientAddr: r.client_addr,
-        userAgent: r.user_agent,
+        requestId: caller.admin ? r.request_id : null,
+        clientAddr: caller.admin ? r.client_addr : null,
+        userAgent: caller.admin ? r.user_agent : null,
       })),
-      next,
+      next: rows.length > limit ? String(page[page.length - 1]!.seq) : null,
     };
   }
 
@@ -351,9 +328,12 @@ export class BrowseService {
   private async layersOf(repository: string, digest: string): Promise<Descriptor[]> {
     const pushed = await this.store.pushed(repository, digest);
     if (!pushed) throw new RegistryError('MANIFEST_UNKNOWN', { digest });
-    return (pushed.references ?? [])
-      .filter((r) => r.kind === 'layer')
-      .map((r) => ({ digest: r.digest, mediaType: '', size: r.size }));
+    return (
+      (pushed.references ?? [])
+        // An image's layers; an index's child manifests.
+        .filter((r) => r.kind !== 'config')
+        .map((r) => ({ digest: r.digest, mediaType: '', size: r.size }))
+    );
   }
 
   private async configSummary(repository: string, config: Descriptor): Promise<ImageConfig | null> {

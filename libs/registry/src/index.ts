@@ -3,7 +3,7 @@ export * from './browse.service';
 export * from './catalog.service';
 export * from './manifests/manifest.service';
 export * from './registry';
-export type { AuditFilter } from './stores/browse.store';
+export type { AuditFilter, VisibleFilter } from './stores/browse.store';
 export * from './stores/repository.store';
 export { type CommittedBlob, rangeError, uploadRange } from './uploads/blob-commits';
 export * from './uploads/upload.service';

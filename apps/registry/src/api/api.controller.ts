@@ -34,9 +34,19 @@ function repositoryParam(query: Query, key = 'repository'): string {
 function time(query: Query, key: string): Date | null {
   const v = text(query, key, 64);
   if (v === null) return null;
+  // A whole time with its zone: a date alone, or a local time, would be read in the server's zone.
+  const m = /^(\d{4})-(\d{2})-(\d{2})T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/.exec(v);
   const t = new Date(v);
-  if (!/^\d{4}-\d{2}-\d{2}/.test(v) || Number.isNaN(t.getTime()))
-    throw new RegistryError('QUERY_INVALID', { parameter: key, reason: 'an ISO 8601 time' });
+  // Date() rolls 2024-02-30 over into March; a day that does not exist is refused instead.
+  const day = m && new Date(Date.UTC(Number(m[1]), Number(m[2]) - 1, Number(m[3])));
+  if (
+    !m ||
+    Number.isNaN(t.getTime()) ||
+    !day ||
+    day.getUTCDate() !== Number(m[3]) ||
+    day.getUTCMonth() !== Number(m[2]) - 1
+  )
+    throw new RegistryError('QUERY_INVALID', { parameter: key, reason: 'an ISO 8601 time with its zone' });
   return t;
 }
 
@@ -63,8 +73,14 @@ export class ApiController {
 
   @Get('session')
   session(@Req() req: FastifyRequest) {
-    const { user, admin } = browseAccess(this.identity, req);
-    return { auth: this.identity !== null, user, admin, registry: this.registryHost(req) };
+    const { user, caller } = browseAccess(this.identity, req);
+    return {
+      auth: this.identity !== null,
+      user,
+      anonymous: (this.config.auth?.anonymousPull.length ?? 1) > 0,
+      admin: caller.admin,
+      registry: this.registryHost(req),
+    };
   }
 
   @Get('repositories')
@@ -73,7 +89,7 @@ export class ApiController {
       text(query, 'q') ?? '',
       text(query, 'after') ?? '',
       parseBrowseLimit(queryParam(query.limit)),
-      browseAccess(this.identity, req).visible,
+      browseAccess(this.identity, req).caller,
     );
   }
 
@@ -108,6 +124,10 @@ export class ApiController {
 
   @Get('audit')
   audit(@Query() query: Query, @Req() req: FastifyRequest) {
+    const { user, caller } = browseAccess(this.identity, req);
+    // Who did what is for accounts, not for anonymous visitors (whatever they may pull).
+    if (this.identity && user === null)
+      throw new RegistryError('UNAUTHORIZED', { reason: 'the audit log needs an account' });
     const action = text(query, 'action', 64);
     if (action !== null && !/^[a-z]+(\.[a-z_]*)*$/.test(action))
       throw new RegistryError('QUERY_INVALID', {
@@ -125,11 +145,7 @@ export class ApiController {
       since: time(query, 'since'),
       until: time(query, 'until'),
     };
-    return this.browse.audit(
-      filter,
-      parseBrowseLimit(queryParam(query.limit)),
-      browseAccess(this.identity, req).visible,
-    );
+    return this.browse.audit(filter, parseBrowseLimit(queryParam(query.limit)), caller);
   }
 
   /**
@@ -138,8 +154,8 @@ export class ApiController {
    */
   private visibleRepository(query: Query, req: FastifyRequest): string {
     const name = repositoryParam(query);
-    const { visible } = browseAccess(this.identity, req);
-    if (visible && !visible(name)) throw new RegistryError('NAME_UNKNOWN', { name });
+    if (!browseAccess(this.identity, req).caller.visible(name))
+      throw new RegistryError('NAME_UNKNOWN', { name });
     return name;
   }
 

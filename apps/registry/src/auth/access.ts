@@ -1,6 +1,14 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
-import { type Action, ANONYMOUS, type Identity, type Principal, type TokenClaims } from '@strata/identity';
+import {
+  type Action,
+  ANONYMOUS,
+  type Identity,
+  patternRegex,
+  type Principal,
+  type TokenClaims,
+} from '@strata/identity';
+import type { Caller as BrowseCaller } from '@strata/registry';
 import { isValidName, RegistryError } from '@strata/oci';
 import type { AuthConfig } from '../config/config';
 import { sendError } from '../http/oci-exception.filter';
@@ -93,19 +101,31 @@ export function catalogFilter(
 
 /**
  * What the web UI's API shows the caller: every repository and event to an administrator (and with
- * authentication off), else what the account may pull.
+ * authentication off), else what the account may pull, as a check for one name and as a filter for SQL.
  */
 export function browseAccess(
   identity: Identity | null,
   req: FastifyRequest,
-): { user: string | null; admin: boolean; visible: ((name: string) => boolean) | undefined } {
-  if (!identity) return { user: null, admin: true, visible: undefined };
-  const caller = callers.get(req);
-  if (!caller) return { user: null, admin: false, visible: () => false };
-  const { principal } = caller;
+): { user: string | null; caller: BrowseCaller } {
+  if (!identity) return { user: null, caller: { admin: true, visible: () => true, filter: null } };
+  const found = callers.get(req);
+  const principal = found?.principal ?? ANONYMOUS;
   const user = principal.kind === 'anonymous' ? null : principal.name;
-  if (identity.directory.isGlobalAdmin(principal)) return { user, admin: true, visible: undefined };
-  return { user, admin: false, visible: (name) => identity.allows(principal, name, 'pull') };
+  if (identity.directory.isGlobalAdmin(principal))
+    return { user, caller: { admin: true, visible: () => true, filter: null } };
+  const p = identity.directory.pullPatterns(principal);
+  return {
+    user,
+    caller: {
+      admin: false,
+      visible: (name) => identity.allows(principal, name, 'pull'),
+      filter: {
+        anonymous: p.anonymous.map(patternRegex),
+        granted: p.granted.map(patternRegex),
+        scoped: p.scoped && p.scoped.map(patternRegex),
+      },
+    },
+  };
 }
 
 const MAX_AUTHORIZATION = 8192;

@@ -4,12 +4,20 @@ import type { PreparedStatements, Statement } from '@strata/db';
 const LISTED = `(EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
   OR EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = r.id))`;
 
+/**
+ * Of the rows, those of repositories the caller may pull ($a anonymous, $g granted, $s a token's scopes: regular
+ * expressions over the name with a slash appended, from patternRegex), or all when $a is NULL.
+ */
+const visible = (column: string, a: number, g: number, t: number): string =>
+  `($${a}::text[] IS NULL OR (${column} || '/') ~ ANY ($${a}::text[])
+    OR ((${column} || '/') ~ ANY ($${g}::text[]) AND ($${t}::text[] IS NULL OR (${column} || '/') ~ ANY ($${t}::text[]))))`;
+
 // Keyset pages in bytewise order (COLLATE "C", served by the *_name_c_idx indexes); '' is before every name.
 const SQL = {
   repositories: {
     name: 'browse_repositories',
     text: `SELECT r.id, r.name FROM repositories r
-      WHERE r.name COLLATE "C" > $1 AND strpos(r.name, $2) > 0 AND ${LISTED}
+      WHERE r.name COLLATE "C" > $1 AND strpos(r.name, $2) > 0 AND ${LISTED} AND ${visible('r.name', 4, 5, 6)}
       ORDER BY r.name COLLATE "C" LIMIT $3`,
   },
   // Functions of migration 0015: they run with JIT off (see there why).
@@ -36,8 +44,8 @@ const SQL = {
     text: `SELECT digest, started_at, ended_at, started_by, ended_by, end_reason, started_seq FROM tag_history
       WHERE repository = $1 AND tag = $2 ORDER BY started_seq DESC LIMIT $3`,
   },
-  // The newest events first, before a seq; every filter optional (NULL matches all). An action ending in '.' is
-  // a prefix: 'tag.' is every tag event.
+  // The newest events first, before a seq; every filter optional (NULL matches all), so it is planned for its
+  // values each time. An action ending in '.' is a prefix: 'tag.' is every tag event.
   audit: {
     name: 'browse_audit',
     text: `SELECT seq, at, actor, type AS action, repository, subject, payload ->> 'digest' AS digest,
@@ -51,9 +59,20 @@ const SQL = {
         AND ($4::text IS NULL OR type = $4 OR (right($4, 1) = '.' AND starts_with(type, $4)))
         AND ($5::timestamptz IS NULL OR at >= $5)
         AND ($6::timestamptz IS NULL OR at < $6)
+        AND ${visible('repository', 8, 9, 10)}
       ORDER BY seq DESC LIMIT $7`,
   },
 } satisfies Record<string, Statement>;
+
+/** What the caller may see, as regular expressions (see `visible` above); null: everything. */
+export interface VisibleFilter {
+  readonly anonymous: readonly string[];
+  readonly granted: readonly string[];
+  readonly scoped: readonly string[] | null;
+}
+
+const filterParams = (f: VisibleFilter | null): unknown[] =>
+  f === null ? [null, null, null] : [f.anonymous, f.granted, f.scoped];
 
 export interface RepositoryRow {
   readonly id: number;
@@ -126,9 +145,9 @@ export interface AuditRow {
 export class BrowseStore {
   constructor(private readonly statements: PreparedStatements) {}
 
-  /** Up to `limit` listed repositories whose name holds `q`, after `after` (bytewise). */
-  repositories(after: string, q: string, limit: number): Promise<RepositoryRow[]> {
-    return this.statements.rows<RepositoryRow>(SQL.repositories, [after, q, limit]);
+  /** Up to `limit` listed repositories whose name holds `q`, after `after` (bytewise), of those the caller sees. */
+  repositories(after: string, q: string, limit: number, f: VisibleFilter | null): Promise<RepositoryRow[]> {
+    return this.statements.rows<RepositoryRow>(SQL.repositories, [after, q, limit, ...filterParams(f)]);
   }
 
   summaries(ids: readonly number[]): Promise<RepositorySummaryRow[]> {
@@ -154,8 +173,8 @@ export class BrowseStore {
     return this.statements.rows<TimelineRow>(SQL.timeline, [repository, tag, limit]);
   }
 
-  audit(f: AuditFilter, limit: number): Promise<AuditRow[]> {
-    return this.statements.rows<AuditRow>(SQL.audit, [
+  audit(f: AuditFilter, limit: number, visible: VisibleFilter | null): Promise<AuditRow[]> {
+    return this.statements.rowsPlannedEachTime<AuditRow>(SQL.audit, [
       f.before ?? Number.MAX_SAFE_INTEGER,
       f.actor,
       f.repository,
@@ -163,6 +182,7 @@ export class BrowseStore {
       f.since,
       f.until,
       limit,
+      ...filterParams(visible),
     ]);
   }
 }
