@@ -1,8 +1,12 @@
 import type { PreparedStatements, Statement } from '@strata/db';
 
-/** A repository is listed once it holds a manifest or a linked blob, as in the catalog. */
-const LISTED = `(EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
-  OR EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = r.id))`;
+/**
+ * A repository is listed once it holds a manifest or a linked blob, as in the catalog. `OFFSET 0` keeps each
+ * EXISTS a probe of the row's own index entries: without it the planner may hash every manifest instead (it
+ * expects to read more repositories than a page's), 90 ms a page on 100,000 manifests rather than 1.
+ */
+const LISTED = `(EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id OFFSET 0)
+  OR EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = r.id OFFSET 0))`;
 
 /**
  * Of the rows, those of repositories the caller may pull ($a anonymous, $g granted, $s a token's scopes: regular
@@ -147,7 +151,14 @@ export class BrowseStore {
 
   /** Up to `limit` listed repositories whose name holds `q`, after `after` (bytewise), of those the caller sees. */
   repositories(after: string, q: string, limit: number, f: VisibleFilter | null): Promise<RepositoryRow[]> {
-    return this.statements.rows<RepositoryRow>(SQL.repositories, [after, q, limit, ...filterParams(f)]);
+    // Planned for its values each time: one generic plan for every caller's filter (and for none) estimated the
+    // filter so selective that it sorted every repository to return the first 50 (60 ms rather than 15 on 10,000).
+    return this.statements.rowsPlannedEachTime<RepositoryRow>(SQL.repositories, [
+      after,
+      q,
+      limit,
+      ...filterParams(f),
+    ]);
   }
 
   summaries(ids: readonly number[]): Promise<RepositorySummaryRow[]> {
