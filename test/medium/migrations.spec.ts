@@ -16,6 +16,7 @@ const EXPECTED_TABLES = [
   'group_members',
   'groups',
   'identity_version',
+  'immutable_tag_rules',
   'manifest_references',
   'manifests',
   'repositories',

@@ -8,8 +8,8 @@ const SCHEMA_FILE = join(__dirname, '../../libs/db/src/schema.ts');
 
 /**
  * Tables the migrations create that Kysely never queries through `Database`: the migrator's bookkeeping and
- * the large-object driver's index, and the identity tables (libs/identity's store), reached with raw SQL. Any other
- * table must be typed.
+ * the large-object driver's index, the identity tables (libs/identity's store) and the immutable-tag rules (the
+ * tag store's prepared statements), reached with raw SQL. Any other table must be typed.
  */
 const UNTYPED_TABLES = [
   'schema_migrations',
@@ -20,6 +20,7 @@ const UNTYPED_TABLES = [
   'grants',
   'access_tokens',
   'identity_version',
+  'immutable_tag_rules',
 ];
 
 type Kind = 'number' | 'string' | 'boolean' | 'date' | 'bytes' | 'json';

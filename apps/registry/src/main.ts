@@ -7,13 +7,15 @@ import { ConfigError, loadConfig, type Config } from './config/config';
 import { createApp } from './http/create-app';
 import { startMetricsServer } from './metrics/metrics.endpoint';
 import { IDENTITY_USAGE, runIdentityCommand } from './cli/identity.command';
+import { IMMUTABLE_USAGE, runImmutableCommand } from './cli/immutable.command';
 import { runSql } from './cli/sql.command';
 import { createLogger } from './http/logger';
 import { reloadOnHangup, warnIfExposed } from './http/tls';
 import { installTuning } from './tuning';
 import { startDatabase, startRuntime, stopRuntime } from './runtime';
 
-const USAGE = `usage: strata [serve | migrate | verify-config | sql [psql arguments] | users | groups | grants | tokens]
+const USAGE = `usage: strata [serve | migrate | verify-config | sql [psql arguments] | users | groups | grants | tokens |
+              immutable-tags]
 
   serve          run the registry (default)
   migrate        apply pending migrations and exit
@@ -21,7 +23,9 @@ const USAGE = `usage: strata [serve | migrate | verify-config | sql [psql argume
   sql            psql on the registry's database, embedded or DATABASE_URL (sql -c "select ..." for one query)
 
 accounts and permissions (STRATA_AUTH=token), on the same database:
-${IDENTITY_USAGE}`;
+${IDENTITY_USAGE}
+tags that, once pushed, are never moved or deleted (nor their manifests):
+${IMMUTABLE_USAGE}`;
 
 function configOrExit(): Config {
   try {
@@ -200,6 +204,8 @@ async function main(argv: string[]): Promise<void> {
     case 'grants':
     case 'tokens':
       return process.exit(await runIdentityCommand(configOrExit(), command, argv.slice(1)));
+    case 'immutable-tags':
+      return process.exit(await runImmutableCommand(configOrExit(), argv.slice(1)));
     case 'verify-config': {
       const config = configOrExit();
       process.stdout.write(

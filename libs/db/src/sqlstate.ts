@@ -8,7 +8,19 @@ export const SQLSTATE = {
   serializationFailure: '40001',
   deadlockDetected: '40P01',
   adminShutdown: '57P01',
+  /** Strata's own (migration 0016): a change to a tag an immutable-tag rule protects. */
+  immutableTag: 'ST001',
 } as const;
+
+/** The rule named by an ST001 refusal (its detail, JSON), or null for any other error. */
+export function immutableRefusal(
+  e: unknown,
+): { rule: number; repository_pattern: string; tag_pattern: string; tag: string } | null {
+  if (sqlstate(e) !== SQLSTATE.immutableTag) return null;
+  const detail = (e as { detail?: unknown }).detail;
+  if (typeof detail !== 'string') return null;
+  return JSON.parse(detail) as { rule: number; repository_pattern: string; tag_pattern: string; tag: string };
+}
 
 /** The SQLSTATE of a PostgreSQL error, or null for anything else. */
 export function sqlstate(e: unknown): string | null {

@@ -20,6 +20,17 @@ export interface EventPayloads {
   'manifest.deleted': { digest: string; tags: string[] };
   'tag.moved': { tag: string; digest: string; previous: string | null };
   'tag.deleted': { tag: string; digest: string };
+  /** A move or delete of a tag (or a delete of its manifest) refused by an immutable-tag rule. */
+  'tag.change_refused': {
+    tag: string;
+    change: 'move' | 'delete';
+    digest: string | null;
+    rule: number;
+    repository_pattern: string;
+    tag_pattern: string;
+  };
+  'immutability.rule_added': { rule: number; repository_pattern: string; tag_pattern: string };
+  'immutability.rule_removed': { rule: number; repository_pattern: string; tag_pattern: string };
   /** A storage-maintenance run that reclaimed something: what it removed and vacuumed. */
   'storage.maintained': {
     abandoned_writes: number;

@@ -137,6 +137,14 @@ export function patternRegex(pattern: string): string {
   return `^${body}$`;
 }
 
+// A tag starts with a letter, digit or underscore: so does a tag pattern (or with `*`).
+const TAG_PATTERN_RE = /^[A-Za-z0-9_*][A-Za-z0-9_.*-]{0,127}$/;
+
+/** A tag pattern: tag characters and `*` for any run of them (`v*`, `release-*`, `*`). */
+export function isValidTagPattern(pattern: string): boolean {
+  return TAG_PATTERN_RE.test(pattern);
+}
+
 /**
  * A token scope given on the command line (`repository:team/*:pull,push`): like parseScope, but the name is a
  * pattern.

@@ -83,6 +83,7 @@ export const ERROR_TABLE = {
   METHOD_UNKNOWN: { code: 'UNSUPPORTED', status: 405, message: 'method not allowed for this resource' },
   // The spec's code for an operation the registry does not implement, with the status of a path it does not know.
   ROUTE_UNKNOWN: { code: 'UNSUPPORTED', status: 404, message: 'no such route' },
+  TAG_IMMUTABLE: { code: 'DENIED', status: 403, message: 'the tag is immutable' },
   QUERY_INVALID: { code: 'BAD_REQUEST', status: 400, message: 'invalid query parameter' },
   URL_INVALID: { code: 'BAD_REQUEST', status: 400, message: 'malformed request URL' },
   // HTTP framing refused before a request reaches a route: no OCI code fits, so these are extensions.

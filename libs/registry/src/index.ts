@@ -5,5 +5,6 @@ export * from './manifests/manifest.service';
 export * from './registry';
 export type { AuditFilter, VisibleFilter } from './stores/browse.store';
 export * from './stores/repository.store';
+export { type ImmutableRule, TagStore } from './stores/tag.store';
 export { type CommittedBlob, rangeError, uploadRange } from './uploads/blob-commits';
 export * from './uploads/upload.service';

@@ -39,7 +39,8 @@ class CommandError extends Error {
   }
 }
 
-function cliMeta(): RequestMeta {
+/** The actor of a change made from the command line: `cli:<the OS user>`. */
+export function cliMeta(): RequestMeta {
   let user = 'unknown';
   try {
     user = userInfo().username;

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { retryableConflict } from '@strata/db';
+import { immutableRefusal, retryableConflict } from '@strata/db';
 import type { RequestMeta } from '@strata/events';
 import {
   assertName,
@@ -124,14 +124,16 @@ export class ManifestService {
     const tag = 'tag' in target ? target.tag : null;
     // 'contended': the manifest or the tag kept being deleted under the push (five times inside the function). What
     // it stored meanwhile is kept (a manifest, untagged), so trying again, after a pause, finishes the push.
-    let outcome = await retryConflicts(() =>
-      this.manifests.push({ repositoryId, repository, digest, manifest, bytes, tag, meta }),
-    );
+    const push = () =>
+      this.unlessImmutable(repository, 'move', digest, meta, () =>
+        retryConflicts(() =>
+          this.manifests.push({ repositoryId, repository, digest, manifest, bytes, tag, meta }),
+        ),
+      );
+    let outcome = await push();
     for (let attempt = 1; outcome.status === 'contended' && attempt < WRITE_ATTEMPTS; attempt++) {
       await new Promise((r) => setTimeout(r, attempt * (2 + Math.random() * 8)));
-      outcome = await retryConflicts(() =>
-        this.manifests.push({ repositoryId, repository, digest, manifest, bytes, tag, meta }),
-      );
+      outcome = await push();
     }
     if (outcome.status === 'contended') throw contended(`manifest ${digest} or tag ${tag ?? ''}`);
     if (outcome.status === 'missing' || outcome.status === 'size') throw refusal(outcome);
@@ -175,11 +177,44 @@ export class ManifestService {
     const target = parseReference(reference);
     const repositoryId = await this.repositories.find(repository);
     if (target === null || repositoryId === null) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
-    const removed = await retryConflicts(() =>
-      'tag' in target
-        ? this.tags.delete(repositoryId, repository, target.tag, meta)
-        : this.manifests.delete(repositoryId, repository, target.digest.digest, meta),
+    const removed = await this.unlessImmutable(
+      repository,
+      'delete',
+      'tag' in target ? null : target.digest.digest,
+      meta,
+      () =>
+        retryConflicts(() =>
+          'tag' in target
+            ? this.tags.delete(repositoryId, repository, target.tag, meta)
+            : this.manifests.delete(repositoryId, repository, target.digest.digest, meta),
+        ),
     );
     if (!removed) throw new RegistryError('MANIFEST_UNKNOWN', { reference });
+  }
+
+  /**
+   * Runs a write that an immutable-tag rule may refuse (the write functions raise ST001 and roll it back): the
+   * refusal is recorded as tag.change_refused, and answered DENIED naming the rule.
+   */
+  private async unlessImmutable<T>(
+    repository: string,
+    change: 'move' | 'delete',
+    digest: string | null,
+    meta: RequestMeta,
+    write: () => Promise<T>,
+  ): Promise<T> {
+    try {
+      return await write();
+    } catch (e) {
+      const refusal = immutableRefusal(e);
+      if (!refusal) throw e;
+      await this.tags.refused(repository, change, digest, refusal, meta);
+      throw new RegistryError('TAG_IMMUTABLE', {
+        repository,
+        tag: refusal.tag,
+        change,
+        rule: { id: refusal.rule, repository: refusal.repository_pattern, tag: refusal.tag_pattern },
+      });
+    }
   }
 }
