@@ -7,7 +7,7 @@ import pino from 'pino';
 import { PreparedStatements } from '@strata/db';
 import type { RequestMeta } from '@strata/events';
 import { MEDIA_TYPE } from '@strata/oci';
-import { createRegistry, type ManifestService, type UploadService } from '@strata/registry';
+import { createRegistry, type ManifestService, TagStore, type UploadService } from '@strata/registry';
 import { FilesystemDriver } from '@strata/storage';
 import { createTestDatabase, type TestDatabase } from '../support/test-database';
 
@@ -118,6 +118,7 @@ describe('the worked queries of docs/queries.md', () => {
       'digest-tags',
       'layer-repositories',
       'pushed-by-actor',
+      'refused-changes',
       'repository-size-at-time',
       'tag-at-time',
       'tag-changes',
@@ -231,5 +232,40 @@ describe('the worked queries of docs/queries.md', () => {
     expect(await size(t1)).toBe(100 + 1000 + 2000);
     expect(await size(t2)).toBe(100 + 1000 + 2000 + 150 + 3000);
     expect(await size(t3)).toBe(150 + 1000 + 3000);
+  });
+
+  it('lists the changes an immutable-tag rule refused', async () => {
+    const repository = 'locked/app';
+    const rule = await new TagStore(new PreparedStatements(t.pool)).addRule('locked/*', 'v*', actor('admin'));
+    const config = Buffer.from('{"architecture":"amd64","os":"linux","n":1}');
+    await uploads.upload(repository, sha256(config), once(config), actor('alice'));
+    const image = (n: number): Buffer =>
+      Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: MEDIA_TYPE.OCI_MANIFEST,
+          config: { mediaType: MEDIA_TYPE.OCI_CONFIG, digest: sha256(config), size: config.length },
+          layers: [],
+          annotations: { n: String(n) },
+        }),
+      );
+    await manifests.put(repository, 'v1', MEDIA_TYPE.OCI_MANIFEST, image(1), actor('alice'));
+    await expect(
+      manifests.put(repository, 'v1', MEDIA_TYPE.OCI_MANIFEST, image(2), actor('mallory')),
+    ).rejects.toThrow('the tag is immutable');
+    await expect(manifests.delete(repository, 'v1', actor('mallory'))).rejects.toThrow(
+      'the tag is immutable',
+    );
+    const refused = await run<{
+      actor: string;
+      tag: string;
+      change: string;
+      rule: number;
+      tag_pattern: string;
+    }>('refused-changes', { repository });
+    expect(refused.map((r) => [r.actor, r.tag, r.change, Number(r.rule), r.tag_pattern])).toEqual([
+      ['mallory', 'v1', 'move', rule, 'v*'],
+      ['mallory', 'v1', 'delete', rule, 'v*'],
+    ]);
   });
 });
