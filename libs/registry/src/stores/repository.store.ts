@@ -2,8 +2,10 @@ import type { PreparedStatements, Statement } from '@strata/db';
 import { assertName } from '@strata/oci';
 
 // A repository is listed once it holds a manifest or a linked blob. Names sort bytewise (COLLATE "C").
-const LISTED = `EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id)
-  OR EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = r.id)`;
+// `OFFSET 0` keeps each EXISTS a probe of the row's own index entries: without it the planner may hash every
+// manifest of the registry to answer one page (see browse.store.ts, where it did: 90 ms a page on 100,000).
+const LISTED = `EXISTS (SELECT 1 FROM manifests m WHERE m.repository_id = r.id OFFSET 0)
+  OR EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = r.id OFFSET 0)`;
 
 const SQL = {
   find: { name: 'repository_find', text: 'SELECT id FROM repositories WHERE name = $1' },
