@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
 import { sql } from 'kysely';
 import pino from 'pino';
 import { systemMeta } from '@strata/events';
@@ -137,6 +138,12 @@ describe('the storage-maintenance job on large objects', () => {
     release();
     expect(await live).toBe(2 * MiB);
     await storage.delete(liveKey);
+    // Enough dead rows to cross the job's threshold (autovacuum's: 50 + 20% of the live rows). The 2 MiB above are
+    // 1,024 rows of pg_largeobject, under the ~2,100 of this test's 20 MiB of live uploads: the test passed only
+    // while dead rows of earlier steps were still counted, and failed one CI run in five. 8 MiB more are 4,096.
+    const churnKey = `uploads/ef/${'ef'.repeat(16)}-0`;
+    expect(await storage.write(churnKey, Readable.from([randomBytes(8 * MiB)]))).toBe(8 * MiB);
+    await storage.delete(churnKey);
 
     const before = await lobBytes();
     // Dead rows reach the statistics a moment after their transactions: run until the job has vacuumed. PostgreSQL
